@@ -6,7 +6,8 @@ Explorer); floats never take part in a sum.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+import re
+from decimal import ROUND_HALF_EVEN, Decimal
 
 _CENT = Decimal("0.01")
 
@@ -28,35 +29,25 @@ def cents_to_dollars(cents: int) -> Decimal:
     return (Decimal(int(cents)) / 100).quantize(_CENT)
 
 
+_AMOUNT = re.compile(r"(-)?\s*\$?\s*(-)?\s*(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d{1,2}))?")
+
+
 def parse_dollars(text: str) -> int:
     """A human amount in US dollars → cents.
 
-    Accepts ``5000``, ``$5,000``, ``5000.50``, ``-12``, ``(12.00)`` (accounting
-    negative) and surrounding blanks. Raises ``ValueError`` naming the expected
-    form for anything else (more than two decimals, letters, misplaced commas).
+    Accepts ``5000``, ``$5,000``, ``5000.50``, ``-12``, ``-$12``, ``(12.00)``
+    (accounting negative) and surrounding blanks. Raises ``ValueError`` naming
+    the expected form for anything else (more than two decimals, letters,
+    misplaced commas, two signs).
     """
     raw = text.strip()
-    negative = False
-    if raw.startswith("(") and raw.endswith(")"):
-        negative, raw = True, raw[1:-1].strip()
-    if raw.startswith("-"):
-        negative, raw = not negative, raw[1:].strip()
-    if raw.startswith("$"):
-        raw = raw[1:].strip()
-    if raw.startswith("-"):
-        negative, raw = not negative, raw[1:].strip()
-    whole, _, frac = raw.partition(".")
-    if "," in whole:
-        groups = whole.split(",")
-        if not (1 <= len(groups[0]) <= 3 and all(len(g) == 3 for g in groups[1:])):
-            raise ValueError(f"{text!r} is not an amount like 5000, $5,000 or 5000.50")
-        whole = "".join(groups)
-    if not whole.isdigit() or not whole.isascii() or (frac and not (frac.isdigit() and frac.isascii())):
+    accounting = raw.startswith("(") and raw.endswith(")")
+    if accounting:
+        raw = raw[1:-1].strip()
+    match = _AMOUNT.fullmatch(raw) if raw.isascii() else None
+    if match is None or (match[1] and match[2]) or (accounting and (match[1] or match[2])):
+        if re.fullmatch(r"-?\$?[\d,]*\.\d{3,}", raw):
+            raise ValueError(f"{text!r} has more than two decimals; amounts are in whole cents")
         raise ValueError(f"{text!r} is not an amount like 5000, $5,000 or 5000.50")
-    if len(frac) > 2:
-        raise ValueError(f"{text!r} has more than two decimals; amounts are in whole cents")
-    try:
-        cents = int(whole) * 100 + int((frac + "00")[:2])
-    except (ValueError, InvalidOperation) as exc:  # pragma: no cover - guarded above
-        raise ValueError(f"{text!r} is not an amount like 5000, $5,000 or 5000.50") from exc
-    return -cents if negative else cents
+    cents = int(match[3].replace(",", "")) * 100 + int((match[4] or "").ljust(2, "0"))
+    return -cents if (match[1] or match[2] or accounting) else cents

@@ -1,0 +1,279 @@
+"""The ``billing-bot`` command line: Atlas queries, the sandbox, the shell and the server.
+
+Exit status (CONTRACT.md): 0 success; 2 bad usage or invalid input (nothing is
+sent to Atlas); 1 any other failure, with Atlas's ``errorCode`` and ``detail``.
+Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Coroutine
+from datetime import date
+from typing import Annotated, Any
+
+import typer
+
+from bot import billing
+from bot.atlas import (
+    AtlasAPIError,
+    AtlasClient,
+    AtlasError,
+    CostQuery,
+    InvalidInput,
+    NotReady,
+    validate_cost_query,
+    validate_invoice_id,
+    validate_org_id,
+)
+from bot.config import ConfigError, Settings, load_settings
+from bot.render.text import costs_text, invoice_text, pending_text
+
+log = logging.getLogger("bot.cli")
+
+app = typer.Typer(
+    help="Slack bot and tools for MongoDB Atlas billing.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+atlas_app = typer.Typer(help="Query the Atlas billing API directly.", no_args_is_help=True)
+app.add_typer(atlas_app, name="atlas")
+
+
+class CliError(Exception):
+    """A failure to report as one line with a given exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def atlas_client(settings: Settings, **options: Any) -> AtlasClient:
+    """The Atlas client for the configured credentials; refuses to start without any."""
+    if not settings.has_atlas_credentials:
+        raise CliError(
+            "no Atlas credentials: set MONGODB_ATLAS_CLIENT_ID and MONGODB_ATLAS_CLIENT_SECRET "
+            "(service account) or MONGODB_ATLAS_PUBLIC_API_KEY and MONGODB_ATLAS_PRIVATE_API_KEY; "
+            "to try the bot without an account, run `billing-bot sandbox` and paste its export lines",
+            code=2,
+        )
+    return AtlasClient.with_credentials(
+        base_url=settings.MONGODB_ATLAS_BASE_URL,
+        client_id=settings.MONGODB_ATLAS_CLIENT_ID,
+        client_secret=settings.MONGODB_ATLAS_CLIENT_SECRET,
+        public_key=settings.MONGODB_ATLAS_PUBLIC_API_KEY,
+        private_key=settings.MONGODB_ATLAS_PRIVATE_API_KEY,
+        **options,
+    )
+
+
+def _emit_json(document: object) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+
+
+def _parse_day(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise CliError(
+            f"{option} must be a date YYYY-MM-DD (a first of month), got {value!r}", 2
+        ) from None
+
+
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document (amounts in cents).")
+]
+
+
+@atlas_app.command("pending")
+def atlas_pending(
+    org_id: Annotated[str, typer.Argument(metavar="ORG_ID")], as_json: JsonOpt = False
+) -> None:
+    """Pending (month-to-date) invoices of one org, with totals."""
+    validate_org_id(org_id)
+
+    async def go() -> billing.PendingSummary:
+        async with atlas_client(_settings()) as client:
+            return await billing.pending(client, org_id)
+
+    summary = _run(go())
+    if as_json:
+        _emit_json(summary.to_json())
+    else:
+        typer.echo(pending_text(summary))
+
+
+@atlas_app.command("invoice")
+def atlas_invoice(
+    org_id: Annotated[str, typer.Argument(metavar="ORG_ID")],
+    invoice_id: Annotated[str, typer.Argument(metavar="INVOICE_ID")],
+    csv: Annotated[bool, typer.Option("--csv", help="Print the invoice's raw CSV.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """One invoice: a summary by default, the raw CSV with --csv."""
+    if csv and as_json:
+        raise CliError("--csv and --json cannot be combined", 2)
+    validate_org_id(org_id)
+    validate_invoice_id(invoice_id)
+
+    async def go() -> billing.InvoiceSummary | None:
+        async with atlas_client(_settings()) as client:
+            if csv:
+                out = sys.stdout.buffer
+                async with client.invoice_csv(org_id, invoice_id) as chunks:
+                    async for chunk in chunks:
+                        out.write(chunk)
+                out.flush()
+                return None
+            return await billing.invoice(client, org_id, invoice_id)
+
+    summary = _run(go())
+    if summary is None:
+        return
+    if as_json:
+        _emit_json(summary.to_json())
+    else:
+        typer.echo(invoice_text(summary))
+
+
+GROUPS = ("services", "projects", "clusters", "organizations")
+MAX_WAIT_SECONDS = 15 * 60
+
+
+@atlas_app.command("costs")
+def atlas_costs(
+    org_id: Annotated[str, typer.Argument(metavar="ORG_ID")],
+    start: Annotated[str, typer.Option("--start", metavar="YYYY-MM-DD", help="First of a month.")],
+    end: Annotated[
+        str, typer.Option("--end", metavar="YYYY-MM-DD", help="First of a month, exclusive.")
+    ],
+    group_by: Annotated[
+        str | None,
+        typer.Option("--group-by", metavar="services|projects|clusters|organizations"),
+    ] = None,
+    service: Annotated[list[str] | None, typer.Option("--service", metavar="S")] = None,
+    project: Annotated[list[str] | None, typer.Option("--project", metavar="ID")] = None,
+    cluster: Annotated[list[str] | None, typer.Option("--cluster", metavar="ID")] = None,
+    include_partial: Annotated[bool, typer.Option("--include-partial")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Poll until the result is ready.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a Cost Explorer query and print its token; --wait prints the result."""
+    if group_by is not None and group_by not in GROUPS:
+        raise CliError(f"--group-by must be one of {'|'.join(GROUPS)}, got {group_by!r}", 2)
+    query = CostQuery(
+        start=_parse_day(start, "--start"),
+        end=_parse_day(end, "--end"),
+        group_by=group_by,
+        organizations=(org_id,),
+        projects=tuple(project or ()),
+        clusters=tuple(cluster or ()),
+        services=tuple(service or ()),
+        include_partial_matches=include_partial,
+    )
+    validate_org_id(org_id)
+    validate_cost_query(query)
+
+    async def go() -> tuple[str, billing.CostSummary | None]:
+        async with atlas_client(_settings()) as client:
+            token = await client.create_cost_query(org_id, query)
+            if not wait:
+                return token, None
+            result = await _wait_for(client, org_id, token)
+            return token, billing.summarise_costs(result, group_by)
+
+    token, summary = _run(go())
+    if summary is None:
+        if as_json:
+            _emit_json({"orgId": org_id, "token": token})
+        else:
+            typer.echo(token)
+    elif as_json:
+        _emit_json({"orgId": org_id, "token": token, **summary.to_json()})
+    else:
+        typer.echo(costs_text(summary))
+
+
+async def _wait_for(client: AtlasClient, org_id: str, token: str):
+    """Poll with growing pauses; a spinner on stderr when it is a terminal."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    delay, polls = 1.0, 0
+    status = None
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        status = Console(stderr=True).status("Waiting for Cost Explorer…")
+        status.start()
+    try:
+        while True:
+            polls += 1
+            result = await client.cost_result(org_id, token)
+            if not isinstance(result, NotReady):
+                return result
+            elapsed = loop.time() - started
+            if elapsed > MAX_WAIT_SECONDS:
+                raise CliError(
+                    f"Cost Explorer did not finish within {MAX_WAIT_SECONDS // 60} minutes; "
+                    f"poll again later with the token {token}"
+                )
+            if status is not None:
+                status.update(f"Waiting for Cost Explorer… {elapsed:.0f}s, {polls} polls")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 10.0)
+    finally:
+        if status is not None:
+            status.stop()
+
+
+@app.command("sandbox")
+def sandbox(
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8765,
+    seed: Annotated[int, typer.Option("--seed")] = 1,
+) -> None:
+    """Serve the sandbox Atlas Admin API on 127.0.0.1 and print how to point the bot at it."""
+    from bot.sandbox.runner import serve_forever
+
+    serve_forever(port=port, seed=seed, echo=typer.echo)
+
+
+def _describe(exc: BaseException) -> tuple[str, int]:
+    """The one line and exit status a failure is reported with."""
+    if isinstance(exc, CliError):
+        return str(exc), exc.code
+    if isinstance(exc, ConfigError | InvalidInput):
+        return str(exc), 2
+    if isinstance(exc, AtlasAPIError):
+        return f"Atlas answered {exc.summary()}", 1
+    if isinstance(exc, AtlasError):
+        return str(exc), 1
+    return f"unexpected failure: {type(exc).__name__}: {exc}", 1
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        app(standalone_mode=True)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        log.debug("command failed", exc_info=exc)
+        message, code = _describe(exc)
+        sys.stderr.write(f"error: {message}\n")
+        sys.exit(code)

@@ -1,0 +1,1 @@
+"""Rendering of billing summaries: plain text (CLI, shell) and Block Kit (Slack)."""

@@ -1,0 +1,103 @@
+"""Settings from the environment: defaults, and one clear line per malformed variable."""
+
+import pytest
+
+from bot.config import ConfigError, load_settings
+
+ALL_VARS = [
+    "MONGODB_ATLAS_BASE_URL",
+    "MONGODB_ATLAS_CLIENT_ID",
+    "MONGODB_ATLAS_CLIENT_SECRET",
+    "MONGODB_ATLAS_PUBLIC_API_KEY",
+    "MONGODB_ATLAS_PRIVATE_API_KEY",
+    "SLACK_BOT_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "SLACK_APP_TOKEN",
+    "SLACK_API_URL",
+    "DATABASE_URL",
+    "BOT_SECRET_KEY",
+    "PORT",
+    "BOT_POLL_SECONDS",
+    "BOT_THRESHOLD_SECONDS",
+    "BOT_DIGEST_SECONDS",
+    "BOT_ADMINS",
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for name in ALL_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults_match_the_contract():
+    s = load_settings()
+    assert s.MONGODB_ATLAS_BASE_URL == "https://cloud.mongodb.com"
+    assert s.SLACK_API_URL == "https://slack.com/api/"
+    assert s.DATABASE_URL == "sqlite:///billing-bot.db"
+    assert (s.PORT, s.BOT_POLL_SECONDS, s.BOT_THRESHOLD_SECONDS, s.BOT_DIGEST_SECONDS) == (
+        3000,
+        5,
+        900,
+        60,
+    )
+    assert s.BOT_ADMINS == ()
+    assert not s.has_atlas_credentials
+
+
+def test_dotenv_file_is_read(tmp_path):
+    (tmp_path / ".env").write_text("PORT=4001\nBOT_ADMINS=U1,W2\n")
+    s = load_settings()
+    assert s.PORT == 4001
+    assert s.BOT_ADMINS == ("U1", "W2")
+
+
+def test_service_account_and_api_key_detection(monkeypatch):
+    monkeypatch.setenv("MONGODB_ATLAS_PUBLIC_API_KEY", "abcdefgh")
+    monkeypatch.setenv("MONGODB_ATLAS_PRIVATE_API_KEY", "secret")
+    s = load_settings()
+    assert s.has_api_key and not s.has_service_account and s.has_atlas_credentials
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "needle"),
+    [
+        ("PORT", "abc", "PORT:"),
+        ("PORT", "70000", "PORT:"),
+        ("PORT", "0", "PORT:"),
+        (
+            "MONGODB_ATLAS_BASE_URL",
+            "cloud.mongodb.com",
+            "MONGODB_ATLAS_BASE_URL: must be an http(s) URL",
+        ),
+        ("MONGODB_ATLAS_BASE_URL", "ftp://x", "MONGODB_ATLAS_BASE_URL:"),
+        ("SLACK_API_URL", "slack.com/api", "SLACK_API_URL:"),
+        ("DATABASE_URL", "not a url", "DATABASE_URL:"),
+        ("DATABASE_URL", "mysql://u@h/db", "DATABASE_URL: must be a sqlite"),
+        ("BOT_SECRET_KEY", "short", "BOT_SECRET_KEY: must be a Fernet key"),
+        ("BOT_POLL_SECONDS", "0", "BOT_POLL_SECONDS:"),
+        ("BOT_THRESHOLD_SECONDS", "soon", "BOT_THRESHOLD_SECONDS:"),
+        ("BOT_DIGEST_SECONDS", "-5", "BOT_DIGEST_SECONDS:"),
+        ("BOT_ADMINS", "U1,robert'); DROP", "BOT_ADMINS:"),
+        ("SLACK_APP_TOKEN", "xoxb-wrong-kind", "SLACK_APP_TOKEN:"),
+        (
+            "MONGODB_ATLAS_CLIENT_ID",
+            "mdb_sa_id_x",
+            "MONGODB_ATLAS_CLIENT_SECRET: must be set together",
+        ),
+    ],
+)
+def test_malformed_value_names_the_variable_in_one_line(monkeypatch, name, value, needle):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    message = str(err.value)
+    assert message.startswith(needle.split(":")[0] + ":")
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_valid_fernet_key_is_accepted(monkeypatch):
+    monkeypatch.setenv("BOT_SECRET_KEY", "x" * 43 + "=")
+    assert load_settings().BOT_SECRET_KEY == "x" * 43 + "="
