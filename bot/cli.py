@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from bot import billing
+from bot.app import atlas_client
 from bot.atlas import (
     AtlasAPIError,
     AtlasClient,
@@ -31,6 +32,7 @@ from bot.atlas import (
 )
 from bot.config import ConfigError, Settings, load_settings
 from bot.render.text import costs_text, invoice_text, pending_text
+from storage import StorageConfigError, StorageError
 
 log = logging.getLogger("bot.cli")
 
@@ -58,25 +60,6 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 def _settings() -> Settings:
     return load_settings()
-
-
-def atlas_client(settings: Settings, **options: Any) -> AtlasClient:
-    """The Atlas client for the configured credentials; refuses to start without any."""
-    if not settings.has_atlas_credentials:
-        raise CliError(
-            "no Atlas credentials: set MONGODB_ATLAS_CLIENT_ID and MONGODB_ATLAS_CLIENT_SECRET "
-            "(service account) or MONGODB_ATLAS_PUBLIC_API_KEY and MONGODB_ATLAS_PRIVATE_API_KEY; "
-            "to try the bot without an account, run `billing-bot sandbox` and paste its export lines",
-            code=2,
-        )
-    return AtlasClient.with_credentials(
-        base_url=settings.MONGODB_ATLAS_BASE_URL,
-        client_id=settings.MONGODB_ATLAS_CLIENT_ID,
-        client_secret=settings.MONGODB_ATLAS_CLIENT_SECRET,
-        public_key=settings.MONGODB_ATLAS_PUBLIC_API_KEY,
-        private_key=settings.MONGODB_ATLAS_PRIVATE_API_KEY,
-        **options,
-    )
 
 
 def _emit_json(document: object) -> None:
@@ -249,6 +232,74 @@ def sandbox(
     serve_forever(port=port, seed=seed, echo=typer.echo)
 
 
+@app.command("shell")
+def shell(
+    org: Annotated[str | None, typer.Option("--org", metavar="ORG_ID", help="Org to link.")] = None,
+) -> None:
+    """Run the whole bot in this terminal (against the sandbox Atlas unless credentials are set)."""
+    from bot.shell.run import run
+
+    if org is not None:
+        validate_org_id(org)
+    settings = _settings()
+
+    def echo(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    raise typer.Exit(_run(run(settings, org_id=org, stdin=sys.stdin, echo=echo)))
+
+
+@app.command("serve")
+def serve(
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535)] = None,
+) -> None:
+    """Run the Slack app (HTTP mode, or Socket Mode when SLACK_APP_TOKEN is set) and the scheduler."""
+    from bot.server import serve as run_server
+
+    settings = _settings()
+    run_server(settings, port=port or settings.PORT)
+
+
+jobs_app = typer.Typer(help="Run scheduler jobs by hand.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+
+@jobs_app.command("run")
+def jobs_run(name: Annotated[str, typer.Argument(metavar="poll")]) -> None:
+    """Run one scheduler job once, now, and exit."""
+    from bot.app import build_deps
+    from bot.jobs import JOBS
+
+    if name not in JOBS:
+        raise CliError(f"unknown job {name!r}; jobs: {', '.join(JOBS)}", 2)
+    settings = _settings()
+
+    async def go() -> object:
+        deps = build_deps(settings)
+        try:
+            await asyncio.to_thread(deps.db.upgrade)
+            return await JOBS[name](deps)
+        finally:
+            await deps.aclose()
+
+    typer.echo(f"{name}: {_run(go())}")
+
+
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the schema migrations to DATABASE_URL."""
+    from storage import upgrade
+
+    settings = _settings()
+    upgrade(settings.DATABASE_URL)
+    typer.echo("database schema is up to date")
+
+
 def _describe(exc: BaseException) -> tuple[str, int]:
     """The one line and exit status a failure is reported with."""
     if isinstance(exc, CliError):
@@ -259,6 +310,10 @@ def _describe(exc: BaseException) -> tuple[str, int]:
         return f"Atlas answered {exc.summary()}", 1
     if isinstance(exc, AtlasError):
         return str(exc), 1
+    if isinstance(exc, StorageConfigError):
+        return f"DATABASE_URL: {exc}", 2
+    if isinstance(exc, StorageError):
+        return f"database: {exc}", 1
     return f"unexpected failure: {type(exc).__name__}: {exc}", 1
 
 

@@ -1,0 +1,85 @@
+"""Builds the bot: the dependencies object from settings, and the Bolt app around it.
+
+Nothing here runs at import time; ``bot.cli`` (``serve``, ``shell``, ``jobs``)
+calls these and starts what they return.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
+
+import handlers
+from bot.atlas import AtlasClient
+from bot.config import ConfigError, Settings
+from bot.deps import Deps, slack_client
+from storage import Database
+
+log = logging.getLogger(__name__)
+
+
+def atlas_client(settings: Settings, **options: Any) -> AtlasClient:
+    """The Atlas client for the configured credentials (service account preferred)."""
+    if not settings.has_atlas_credentials:
+        raise ConfigError(
+            "no Atlas credentials: set MONGODB_ATLAS_CLIENT_ID and MONGODB_ATLAS_CLIENT_SECRET "
+            "(service account) or MONGODB_ATLAS_PUBLIC_API_KEY and MONGODB_ATLAS_PRIVATE_API_KEY; "
+            "to try the bot without an account, run `billing-bot shell`, or `billing-bot sandbox` "
+            "and paste its export lines"
+        )
+    return AtlasClient.with_credentials(
+        base_url=settings.MONGODB_ATLAS_BASE_URL,
+        client_id=settings.MONGODB_ATLAS_CLIENT_ID,
+        client_secret=settings.MONGODB_ATLAS_CLIENT_SECRET,
+        public_key=settings.MONGODB_ATLAS_PUBLIC_API_KEY,
+        private_key=settings.MONGODB_ATLAS_PRIVATE_API_KEY,
+        **options,
+    )
+
+
+def build_deps(
+    settings: Settings,
+    *,
+    atlas: AtlasClient | None = None,
+    slack: AsyncWebClient | None = None,
+    db: Database | None = None,
+    **extra: Any,
+) -> Deps:
+    """The dependencies object; tests pass their own Atlas, Slack or database."""
+    return Deps(
+        settings=settings,
+        atlas=atlas or atlas_client(settings),
+        db=db or Database(settings.DATABASE_URL),
+        slack=slack or slack_client(settings),
+        **extra,
+    )
+
+
+def build_app(deps: Deps, *, process_before_response: bool = False) -> AsyncApp:
+    """The Bolt app with every listener registered.
+
+    ``process_before_response`` stays False for ``serve``: Bolt answers Slack as
+    soon as a listener awaits ``ack()`` and the work goes on after. The shell
+    sets it so each line's work is finished before the next line is read.
+    """
+    app = AsyncApp(
+        client=deps.slack,
+        signing_secret=deps.settings.SLACK_SIGNING_SECRET or "",
+        process_before_response=process_before_response,
+    )
+    handlers.register(app, deps)
+
+    @app.error
+    async def on_unexpected(error: Exception, body: dict, respond) -> None:
+        log.exception("unexpected error handling a Slack request", exc_info=error)
+        if respond is not None and body.get("response_url"):
+            await respond(
+                text="Something went wrong inside the bot; the error was logged for the operators.",
+                response_type="ephemeral",
+                replace_original=False,
+            )
+
+    return app

@@ -1,0 +1,196 @@
+"""Cost Explorer in chat: start a query from Slack, then poll it until Atlas has the result.
+
+Every pending query lives in the database (token, channel, requester,
+parameters, the message to update, the next poll time), so a restart loses
+nothing. The *poll* job claims due queries with a lease, polls each once, and
+on a ready result updates the "started" message in place before recording the
+outcome; ``chat.update`` is idempotent, so a crash between the two repeats the
+same update rather than posting twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from slack_sdk.errors import SlackApiError
+
+from bot import billing
+from bot.atlas import (
+    AtlasAPIError,
+    AtlasError,
+    CostQuery,
+    InvalidInput,
+    NotReady,
+    RateLimited,
+    ServerError,
+)
+from bot.deps import Deps
+from bot.explain import explain
+from bot.render.blocks import (
+    Message,
+    costs_failed_message,
+    costs_result_message,
+    costs_started_message,
+)
+from storage import cost_queries
+from storage.models import CostQuery as StoredQuery
+from storage.models import QueryStatus
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 300.0
+MAX_AGE = timedelta(hours=2)
+CLAIM_LIMIT = 50
+
+
+def backoff(poll_seconds: float, attempts: int) -> float:
+    """Seconds until the next poll: grows by half each time, capped at five minutes."""
+    return min(poll_seconds * 1.5**attempts, MAX_BACKOFF_SECONDS)
+
+
+async def start(
+    deps: Deps,
+    *,
+    team_id: str,
+    channel_id: str,
+    user_id: str,
+    org_id: str,
+    start: date,
+    end: date,
+    group_by: str | None,
+) -> StoredQuery:
+    """Post the "started" message, start the query at Atlas, store the token with that message.
+
+    An Atlas error turns the "started" message into the error and propagates.
+    """
+    started = costs_started_message(org_id, start, end, group_by, user_id)
+    posted = await deps.slack.chat_postMessage(channel=channel_id, **started.kwargs())
+    message_ts = posted["ts"]
+    query = CostQuery(start=start, end=end, group_by=group_by, organizations=(org_id,))
+    try:
+        token = await deps.atlas_for(org_id).create_cost_query(org_id, query)
+    except AtlasError as exc:
+        failed = costs_failed_message(org_id, start, end, explain(exc), user_id)
+        await deps.slack.chat_update(channel=channel_id, ts=message_ts, **failed.kwargs())
+        raise
+    now = deps.clock()
+    return await deps.db.run(
+        cost_queries.add_query,
+        token=token,
+        org_id=org_id,
+        team_id=team_id,
+        channel_id=channel_id,
+        requested_by=user_id,
+        params=query.body(),
+        message_ts=message_ts,
+        next_poll_at=now + timedelta(seconds=deps.settings.BOT_POLL_SECONDS),
+        now=now,
+    )
+
+
+@dataclass(frozen=True)
+class PollReport:
+    claimed: int = 0
+    done: int = 0
+    failed: int = 0
+    expired: int = 0
+    waiting: int = 0
+
+
+async def poll_due(deps: Deps) -> PollReport:
+    """The *poll* job: claim due queries and poll each once, concurrently."""
+    lease = max(60.0, deps.settings.BOT_POLL_SECONDS * 4)
+    rows = await deps.db.run(
+        cost_queries.claim_due,
+        now=deps.clock(),
+        owner=deps.worker,
+        lease_seconds=lease,
+        limit=CLAIM_LIMIT,
+    )
+    outcomes = await asyncio.gather(*(_poll_one(deps, row) for row in rows))
+    return PollReport(
+        claimed=len(rows),
+        done=outcomes.count(QueryStatus.DONE),
+        failed=outcomes.count(QueryStatus.FAILED),
+        expired=outcomes.count(QueryStatus.EXPIRED),
+        waiting=outcomes.count(QueryStatus.PENDING),
+    )
+
+
+def _dates(row: StoredQuery) -> tuple[date, date, str | None]:
+    body = row.request_body()
+    return (
+        date.fromisoformat(body["startDate"]),
+        date.fromisoformat(body["endDate"]),
+        body.get("groupBy"),
+    )
+
+
+async def _poll_one(deps: Deps, row: StoredQuery) -> QueryStatus:
+    start, end, group_by = _dates(row)
+    now = deps.clock()
+    try:
+        result = await deps.atlas_for(row.org_id).cost_result(row.org_id, row.token)
+    except AtlasError as exc:
+        if _permanent(exc):
+            message = costs_failed_message(row.org_id, start, end, explain(exc), row.requested_by)
+            return await _finish(deps, row, message, QueryStatus.FAILED, error=explain(exc))
+        log.warning("cost query %s: %s; polling again later", row.id, exc)
+        result = NotReady(type(exc).__name__)
+    if isinstance(result, NotReady):
+        if now - row.created_at > MAX_AGE:
+            reason = (
+                "Atlas did not finish this query within two hours; start it again "
+                "with `/atlas-billing costs …`."
+            )
+            message = costs_failed_message(row.org_id, start, end, reason, row.requested_by)
+            return await _finish(deps, row, message, QueryStatus.EXPIRED, error=reason)
+        return await _reschedule(deps, row)
+    summary = billing.summarise_costs(result, group_by)
+    message = costs_result_message(row.org_id, start, end, summary, row.requested_by)
+    return await _finish(deps, row, message, QueryStatus.DONE)
+
+
+def _permanent(exc: AtlasError) -> bool:
+    """Errors that polling again will not cure (bad token, no access, unreadable answer)."""
+    if isinstance(exc, RateLimited | ServerError):
+        return False
+    return isinstance(exc, AtlasAPIError | InvalidInput)
+
+
+async def _reschedule(deps: Deps, row: StoredQuery) -> QueryStatus:
+    delay = backoff(deps.settings.BOT_POLL_SECONDS, row.attempts)
+    await deps.db.run(
+        cost_queries.reschedule,
+        id=row.id,
+        owner=deps.worker,
+        next_poll_at=deps.clock() + timedelta(seconds=delay),
+    )
+    return QueryStatus.PENDING
+
+
+async def _finish(
+    deps: Deps, row: StoredQuery, message: Message, status: QueryStatus, error: str | None = None
+) -> QueryStatus:
+    """Show the outcome in the channel, then record it; a Slack refusal is recorded too."""
+    try:
+        if row.message_ts:
+            await deps.slack.chat_update(
+                channel=row.channel_id, ts=row.message_ts, **message.kwargs()
+            )
+        else:
+            posted = await deps.slack.chat_postMessage(channel=row.channel_id, **message.kwargs())
+            await deps.db.run(cost_queries.set_message, id=row.id, message_ts=posted["ts"])
+    except SlackApiError as exc:
+        slack_error = exc.response.get("error", "unknown_error")
+        if exc.response.status_code == 429 or exc.response.status_code >= 500:
+            log.warning("cost query %s: Slack is unavailable (%s); retrying", row.id, slack_error)
+            return await _reschedule(deps, row)
+        # The channel is gone or the bot was removed: nobody can be told, so stop polling.
+        log.warning("cost query %s: Slack refused the result: %s", row.id, slack_error)
+        status, error = QueryStatus.FAILED, f"slack: {slack_error}"
+    await deps.db.run(cost_queries.finish, id=row.id, owner=deps.worker, status=status, error=error)
+    return status

@@ -1,0 +1,98 @@
+"""``billing-bot serve``: the Bolt app on Starlette under uvicorn, or over Socket Mode.
+
+HTTP mode serves ``POST /slack/events`` (commands, actions, events) and
+``GET /healthz`` from one ASGI app; the scheduler lives in its lifespan, so it
+starts and stops with the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+import uvicorn
+from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from slack_bolt.async_app import AsyncApp
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from bot.app import build_app, build_deps
+from bot.config import ConfigError, Settings
+from bot.deps import Deps
+from bot.jobs import build_scheduler
+from storage import StorageError
+
+log = logging.getLogger(__name__)
+
+
+def build_asgi(deps: Deps, app: AsyncApp) -> Starlette:
+    handler = AsyncSlackRequestHandler(app)
+    scheduler = build_scheduler(deps)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette):
+        scheduler.start()
+        try:
+            yield
+        finally:
+            scheduler.shutdown(wait=False)
+            await deps.aclose()
+
+    async def events(request: Request):
+        return await handler.handle(request)
+
+    async def healthz(_: Request) -> JSONResponse:
+        checks = {"scheduler": "running" if scheduler.running else "stopped"}
+        try:
+            await asyncio.to_thread(deps.db.ping)
+            checks["database"] = "ok"
+        except StorageError as exc:
+            checks["database"] = f"unavailable: {exc}"
+        healthy = checks["database"] == "ok" and scheduler.running
+        return JSONResponse(
+            {"status": "ok" if healthy else "degraded", **checks},
+            status_code=200 if healthy else 503,
+        )
+
+    return Starlette(
+        routes=[
+            Route("/slack/events", events, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def require(settings: Settings, *names: str) -> None:
+    for name in names:
+        if not getattr(settings, name):
+            raise ConfigError(f"{name}: must be set to run the Slack app")
+
+
+def serve(settings: Settings, *, port: int, host: str = "0.0.0.0") -> None:
+    """Apply migrations, then run until interrupted."""
+    deps = build_deps(settings)
+    deps.db.upgrade()
+    app = build_app(deps)
+    if settings.SLACK_APP_TOKEN:
+        require(settings, "SLACK_BOT_TOKEN")
+        asyncio.run(_socket_mode(deps, app, settings.SLACK_APP_TOKEN))
+        return
+    require(settings, "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET")
+    log.info("serving Slack HTTP mode on %s:%s", host, port)
+    uvicorn.run(build_asgi(deps, app), host=host, port=port, http="httptools", log_level="info")
+
+
+async def _socket_mode(deps: Deps, app: AsyncApp, app_token: str) -> None:
+    from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+    scheduler = build_scheduler(deps)
+    scheduler.start()
+    try:
+        await AsyncSocketModeHandler(app, app_token).start_async()
+    finally:
+        scheduler.shutdown(wait=False)
+        await deps.aclose()

@@ -1,0 +1,24 @@
+"""``costs``: start a Cost Explorer query; the *poll* job posts the result when Atlas has it."""
+
+from __future__ import annotations
+
+from bot import channels
+from bot import costs as cost_queries
+from handlers.grammar import Costs
+from handlers.invocation import Invocation
+
+
+async def costs(invocation: Invocation, command: Costs) -> None:
+    deps = invocation.deps
+    linked = await channels.linked_orgs(deps, invocation.team_id, invocation.channel_id)
+    org_id = channels.choose_org(linked, command.org_id)
+    await cost_queries.start(
+        deps,
+        team_id=invocation.team_id,
+        channel_id=invocation.channel_id,
+        user_id=invocation.user_id,
+        org_id=org_id,
+        start=command.start,
+        end=command.end,
+        group_by=command.group_by,
+    )

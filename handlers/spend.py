@@ -1,0 +1,42 @@
+"""``pending`` and ``invoice``: what an org has spent, posted for the whole channel."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+from bot import billing, channels
+from bot.atlas.invoice_csv import summarise_invoice_csv_file
+from bot.render.blocks import invoice_message, pending_message
+from handlers.grammar import Invoice, Pending
+from handlers.invocation import Invocation
+
+
+async def pending(invocation: Invocation, command: Pending) -> None:
+    deps = invocation.deps
+    linked = await channels.linked_orgs(deps, invocation.team_id, invocation.channel_id)
+    orgs = channels.choose_orgs(linked, command.org_id)
+    summaries = await asyncio.gather(*(billing.pending(deps.atlas_for(o), o) for o in orgs))
+    await invocation.post(pending_message(summaries))
+
+
+async def invoice(invocation: Invocation, command: Invoice) -> None:
+    """The summary for everyone, then the CSV as a file (streamed to disk, never held whole)."""
+    deps = invocation.deps
+    linked = await channels.linked_orgs(deps, invocation.team_id, invocation.channel_id)
+    org_id = channels.choose_org(linked, command.org_id)
+    client = deps.atlas_for(org_id)
+    summary = await billing.invoice(client, org_id, command.invoice_id)
+    with tempfile.TemporaryDirectory(prefix="atlas-invoice-") as tmp:
+        path = Path(tmp) / f"atlas-invoice-{command.invoice_id}.csv"
+        with path.open("wb") as sink:
+            await client.download_invoice_csv(org_id, command.invoice_id, sink)
+        rows = (await asyncio.to_thread(summarise_invoice_csv_file, path)).row_count
+        await invocation.post(invoice_message(summary, csv_rows=rows))
+        await deps.slack.files_upload_v2(
+            channel=invocation.channel_id,
+            file=str(path),
+            filename=path.name,
+            title=f"Atlas invoice {command.invoice_id} ({rows:,} rows)",
+        )
