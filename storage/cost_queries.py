@@ -1,0 +1,220 @@
+"""Cost Explorer queries started from Slack: stored, claimed by a poller, finished once.
+
+The poll job's cycle, each step in its own transaction (`Database.run`):
+
+1. `claim_due(now=..., owner=me, lease_seconds=..., limit=...)` leases due rows
+   to this worker; no other worker gets the same row while the lease lasts.
+2. Poll Atlas for each claimed token.
+3. Not ready: `reschedule(id=..., owner=me, next_poll_at=...)` releases the row
+   until its next poll. Ready or failed for good: `finish(...)`, and post the
+   result only if it returned True, so a result is recorded and posted once even
+   if a lease ran out and another worker polled the same token meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, or_, update
+from sqlmodel import Session, col, select
+
+from storage.models import TOKEN_LENGTH, CostQuery, QueryStatus, to_json, utcnow
+
+__all__ = [
+    "add_query",
+    "claim_due",
+    "finish",
+    "get_query",
+    "pending_count",
+    "reschedule",
+    "set_message",
+]
+
+_FINAL = frozenset({QueryStatus.DONE, QueryStatus.FAILED, QueryStatus.EXPIRED})
+
+
+def add_query(
+    session: Session,
+    *,
+    token: str,
+    org_id: str,
+    team_id: str,
+    channel_id: str,
+    requested_by: str,
+    params: Mapping[str, Any],
+    next_poll_at: datetime,
+    message_ts: str | None = None,
+    now: datetime | None = None,
+) -> CostQuery:
+    """Store a query Atlas has accepted; `params` is the request body that started it."""
+    if not token or len(token) > TOKEN_LENGTH:
+        raise ValueError(f"Cost Explorer token must be 1-{TOKEN_LENGTH} characters: {token!r}")
+    query = CostQuery(
+        token=token,
+        org_id=org_id,
+        team_id=team_id,
+        channel_id=channel_id,
+        requested_by=requested_by,
+        params=to_json(dict(params)),
+        message_ts=message_ts,
+        next_poll_at=next_poll_at,
+        created_at=now or utcnow(),
+    )
+    session.add(query)
+    session.flush()
+    return query
+
+
+def get_query(session: Session, *, id: int) -> CostQuery | None:
+    """The query with this id, or None."""
+    return session.get(CostQuery, id)
+
+
+def set_message(session: Session, *, id: int, message_ts: str) -> bool:
+    """Remember the Slack message to update with the result; False if the query is unknown."""
+    result = session.exec(
+        update(CostQuery).where(col(CostQuery.id) == id).values(message_ts=message_ts)
+    )
+    return result.rowcount == 1
+
+
+def _due(now: datetime) -> ColumnElement[bool]:
+    return and_(
+        col(CostQuery.status) == QueryStatus.PENDING.value,
+        col(CostQuery.next_poll_at) <= now,
+        _lease_free(now),
+    )
+
+
+def _lease_free(now: datetime) -> ColumnElement[bool]:
+    return or_(col(CostQuery.lease_until).is_(None), col(CostQuery.lease_until) < now)
+
+
+def claim_due(
+    session: Session, *, now: datetime, owner: str, lease_seconds: float, limit: int
+) -> list[CostQuery]:
+    """Lease up to `limit` pending queries whose poll time has come to `owner`.
+
+    Rows already leased (and not yet expired) are skipped, so concurrent callers
+    never receive the same row. The lease takes effect when the caller commits;
+    on PostgreSQL the rows stay locked (`FOR UPDATE SKIP LOCKED`) until then, on
+    SQLite each row is taken with a conditional UPDATE whose row count says
+    whether this caller won it.
+    """
+    lease_until = now + timedelta(seconds=lease_seconds)
+    order = (col(CostQuery.next_poll_at), col(CostQuery.id))
+    if session.get_bind().dialect.name == "postgresql":
+        rows = list(
+            session.exec(
+                select(CostQuery)
+                .where(_due(now))
+                .order_by(*order)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        for row in rows:
+            row.lease_owner = owner
+            row.lease_until = lease_until
+        session.flush()
+        return rows
+
+    candidates = session.exec(select(CostQuery.id).where(_due(now)).order_by(*order).limit(limit))
+    won: list[int] = []
+    for query_id in list(candidates):
+        result = session.exec(
+            update(CostQuery)
+            .where(
+                col(CostQuery.id) == query_id,
+                col(CostQuery.status) == QueryStatus.PENDING.value,
+                _lease_free(now),
+            )
+            .values(lease_owner=owner, lease_until=lease_until)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            won.append(query_id)
+    if not won:
+        return []
+    return list(
+        session.exec(
+            select(CostQuery)
+            .where(col(CostQuery.id).in_(won))
+            .order_by(*order)
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+def reschedule(session: Session, *, id: int, owner: str, next_poll_at: datetime) -> bool:
+    """Not ready yet: release the lease, count the attempt and set the next poll time.
+
+    False (and nothing changes) if the query is no longer pending or `owner` no
+    longer holds its lease.
+    """
+    result = session.exec(
+        update(CostQuery)
+        .where(
+            col(CostQuery.id) == id,
+            col(CostQuery.status) == QueryStatus.PENDING.value,
+            col(CostQuery.lease_owner) == owner,
+        )
+        .values(
+            next_poll_at=next_poll_at,
+            attempts=col(CostQuery.attempts) + 1,
+            lease_owner=None,
+            lease_until=None,
+        )
+        .execution_options(synchronize_session="fetch")
+    )
+    return result.rowcount == 1
+
+
+def finish(
+    session: Session,
+    *,
+    id: int,
+    owner: str,
+    status: QueryStatus | str,
+    error: str | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Record the outcome (`done`, `failed` or `expired`); True only for the call that did.
+
+    Succeeds only while the query is still pending and leased by `owner`, so of
+    two workers that polled the same token, only one records (and should post)
+    the result.
+    """
+    final = QueryStatus(status)
+    if final not in _FINAL:
+        raise ValueError(
+            f"finish() needs a final status ({', '.join(sorted(_FINAL))}), not {final!r}"
+        )
+    result = session.exec(
+        update(CostQuery)
+        .where(
+            col(CostQuery.id) == id,
+            col(CostQuery.status) == QueryStatus.PENDING.value,
+            col(CostQuery.lease_owner) == owner,
+        )
+        .values(
+            status=final.value,
+            error=error,
+            finished_at=now or utcnow(),
+            lease_owner=None,
+            lease_until=None,
+        )
+        .execution_options(synchronize_session="fetch")
+    )
+    return result.rowcount == 1
+
+
+def pending_count(session: Session) -> int:
+    """How many queries are still waiting for their result."""
+    return session.exec(
+        select(func.count())
+        .select_from(CostQuery)
+        .where(col(CostQuery.status) == QueryStatus.PENDING.value)
+    ).one()
