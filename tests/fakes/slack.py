@@ -1,0 +1,892 @@
+"""A fake Slack Web API on a loopback HTTP server, and a driver that sends signed Slack requests."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import json
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal, NamedTuple, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import httpx
+import pytest
+
+T = TypeVar("T")
+
+BOT_USER_ID = "U_BOT"
+BOT_ID = "B_BOT"
+TEAM_ID = "T1"
+# Special routes take part in fault injection under these names.
+UPLOAD = "upload"
+RESPONSE_URL = "response_url"
+
+
+class Call(NamedTuple):
+    method: str
+    params: dict[str, Any]
+
+
+class Response(NamedTuple):
+    """One post to a response_url (what Bolt's `respond()` sends)."""
+
+    key: str
+    body: dict[str, Any]
+
+
+@dataclass
+class Upload:
+    """One file of the files_upload_v2 flow: announced, uploaded, then completed."""
+
+    file_id: str
+    filename: str
+    length: int
+    data: bytes | None = None
+    title: str | None = None
+    completed: bool = False
+    channel_id: str | None = None
+    channels: list[str] = field(default_factory=list)
+    initial_comment: str | None = None
+    thread_ts: str | None = None
+
+
+@dataclass
+class _Fault:
+    status: int
+    error: str
+    retry_after: int | None
+    times: int
+
+
+class FakeSlack:
+    """The Slack Web API on 127.0.0.1, port 0; start with `with FakeSlack() as fake:`.
+
+    Every call is recorded; channels keep their messages as Slack would show them after
+    `chat.update`. Methods are served whether posted as JSON, form or multipart, with arguments
+    in the query string too, because slack_sdk uses all of those.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.RLock())
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._ids = itertools.count(1)
+        self.reset()
+
+    # ---- life cycle
+
+    def start(self) -> FakeSlack:
+        handler = type("_BoundHandler", (_Handler,), {"fake": self})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        # Client connections kept alive must not hold up stop(): their threads are daemons
+        # and are never joined.
+        server.daemon_threads = True
+        server.block_on_close = False
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> FakeSlack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("FakeSlack is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    @property
+    def base_url(self) -> str:
+        """What `AsyncWebClient(base_url=...)` takes: it must end with a slash."""
+        return self.url + "api/"
+
+    def reset(self) -> None:
+        """Forget calls, messages, uploads, responses and faults; back to the default directory."""
+        with self._cond:
+            self._calls: list[Call] = []
+            self._messages: dict[str, dict[str, dict[str, Any]]] = {}
+            self._ephemerals: list[dict[str, Any]] = []
+            self._views: list[dict[str, Any]] = []
+            self._uploads: dict[str, Upload] = {}
+            self._responses: list[Response] = []
+            self._faults: dict[str, deque[_Fault]] = {}
+            self._errors: list[str] = []
+            self._users: dict[str, dict[str, Any]] = {}
+            self._channels: dict[str, dict[str, Any]] = {}
+            # Slack timestamps as integer microseconds, so each one is unique and later.
+            self._clock = 1_700_000_000_000_000
+            self.add_user("U_ADMIN", is_admin=True, name="admin")
+            self.add_user("U_OWNER", is_owner=True, name="owner")
+            self.add_user("U_MEMBER", name="member")
+            self.add_channel("C_LINKED", name="billing")
+            self.add_channel("C_OTHER", name="general")
+            self._cond.notify_all()
+
+    # ---- configuration
+
+    def add_user(
+        self,
+        user_id: str,
+        *,
+        is_admin: bool = False,
+        is_owner: bool = False,
+        is_primary_owner: bool = False,
+        is_bot: bool = False,
+        deleted: bool = False,
+        name: str | None = None,
+        tz: str = "UTC",
+    ) -> dict[str, Any]:
+        user = {
+            "id": user_id,
+            "team_id": TEAM_ID,
+            "name": name or user_id.lower(),
+            "real_name": (name or user_id).title(),
+            "deleted": deleted,
+            "is_admin": is_admin,
+            "is_owner": is_owner,
+            "is_primary_owner": is_primary_owner,
+            "is_bot": is_bot,
+            "tz": tz,
+            "profile": {"display_name": name or user_id.lower()},
+        }
+        with self._cond:
+            self._users[user_id] = user
+        return user
+
+    def add_channel(
+        self, channel_id: str, *, name: str, is_private: bool = False, is_member: bool = True
+    ) -> dict[str, Any]:
+        """A channel `conversations.info` knows; posting to one the bot is not in fails."""
+        channel = {
+            "id": channel_id,
+            "name": name,
+            "is_channel": not is_private,
+            "is_group": is_private,
+            "is_private": is_private,
+            "is_member": is_member,
+            "is_archived": False,
+        }
+        with self._cond:
+            self._channels[channel_id] = channel
+        return channel
+
+    def fail_next(
+        self,
+        method: str,
+        *,
+        status: int = 200,
+        error: str | None = None,
+        retry_after: int | None = None,
+        times: int = 1,
+    ) -> None:
+        """Make the next `times` calls of `method` fail (also "upload" and "response_url").
+
+        Status 200 answers `ok: false` with `error`; 429 answers `ratelimited` with a
+        Retry-After header (default 1 second); other statuses answer that status.
+        """
+        if status == 429 and retry_after is None:
+            retry_after = 1
+        default = {200: "fatal_error", 429: "ratelimited"}.get(status, "internal_error")
+        with self._cond:
+            self._faults.setdefault(method, deque()).append(
+                _Fault(status, error or default, retry_after, times)
+            )
+
+    def response_url(self, key: str = "default") -> str:
+        """A response_url on this server; what is posted to it lands in `responses`."""
+        return f"{self.url}response/{key}"
+
+    # ---- what happened
+
+    @property
+    def calls(self) -> list[Call]:
+        with self._cond:
+            return list(self._calls)
+
+    def calls_to(self, method: str) -> list[dict[str, Any]]:
+        """The params of every call of `method`, oldest first."""
+        with self._cond:
+            return [call.params for call in self._calls if call.method == method]
+
+    def messages(self, channel: str) -> dict[str, dict[str, Any]]:
+        """The channel as it stands: ts → message, after updates, in posting order."""
+        with self._cond:
+            return {ts: dict(message) for ts, message in self._messages.get(channel, {}).items()}
+
+    @property
+    def ephemerals(self) -> list[dict[str, Any]]:
+        with self._cond:
+            return list(self._ephemerals)
+
+    @property
+    def views(self) -> list[dict[str, Any]]:
+        """Every view opened with `views.open`, as the fake returned it."""
+        with self._cond:
+            return list(self._views)
+
+    @property
+    def uploads(self) -> list[Upload]:
+        """Files of the files_upload_v2 flow, in the order they were announced."""
+        with self._cond:
+            return list(self._uploads.values())
+
+    @property
+    def responses(self) -> list[Response]:
+        with self._cond:
+            return list(self._responses)
+
+    @property
+    def errors(self) -> list[str]:
+        """Tracebacks of requests the fake itself failed on (a bug here, not in the app)."""
+        with self._cond:
+            return list(self._errors)
+
+    def wait_for(self, predicate: Callable[[], T], timeout: float = 5) -> T:
+        """Block until `predicate()` is truthy (re-checked on each request) and return it."""
+        with self._cond:
+            result = self._cond.wait_for(predicate, timeout)
+        if not result:
+            raise TimeoutError(f"condition not met within {timeout}s; calls: {self.calls}")
+        return result
+
+    async def wait_for_async(self, predicate: Callable[[], T], timeout: float = 5) -> T:
+        """`wait_for` that leaves the event loop free, for when the app runs on the same loop."""
+        return await asyncio.to_thread(self.wait_for, predicate, timeout)
+
+    # ---- serving (called on the server's threads)
+
+    def _next_ts(self) -> str:
+        self._clock += 100
+        seconds, micros = divmod(self._clock, 1_000_000)
+        return f"{seconds}.{micros:06d}"
+
+    def _next_id(self, prefix: str) -> str:
+        return f"{prefix}{next(self._ids):08X}"
+
+    def _take_fault(self, name: str) -> _Fault | None:
+        queue = self._faults.get(name)
+        if not queue:
+            return None
+        fault = queue[0]
+        fault.times -= 1
+        if fault.times <= 0:
+            queue.popleft()
+        return fault
+
+    def _api(self, method: str, params: dict[str, Any], token: str | None) -> _Reply:
+        with self._cond:
+            try:
+                self._calls.append(Call(method, params))
+                fault = self._take_fault(method)
+                if fault is not None:
+                    return _fault_reply(fault)
+                if token is None:
+                    return _Reply.json({"ok": False, "error": "not_authed"})
+                if not token.startswith(("xoxb-", "xoxp-")):
+                    return _Reply.json({"ok": False, "error": "invalid_auth"})
+                serve = _METHODS.get(method)
+                if serve is None:
+                    return _Reply.json({"ok": False, "error": "unknown_method"})
+                return _Reply.json(serve(self, params))
+            finally:
+                self._cond.notify_all()
+
+    def _upload(self, file_id: str, data: bytes) -> _Reply:
+        with self._cond:
+            try:
+                fault = self._take_fault(UPLOAD)
+                if fault is not None:
+                    return _Reply.text(fault.status if fault.status != 200 else 500, fault.error)
+                upload = self._uploads.get(file_id)
+                if upload is None:
+                    return _Reply.text(404, "file not found")
+                upload.data = data
+                # What files.slack.com answers, as text/plain; slack_sdk only looks at the status.
+                return _Reply.text(200, f"OK - {len(data)}")
+            finally:
+                self._cond.notify_all()
+
+    def _respond(self, key: str, body: dict[str, Any]) -> _Reply:
+        with self._cond:
+            try:
+                self._responses.append(Response(key, body))
+                fault = self._take_fault(RESPONSE_URL)
+                if fault is not None:
+                    return _Reply.text(fault.status if fault.status != 200 else 404, fault.error)
+                return _Reply.text(200, "ok")
+            finally:
+                self._cond.notify_all()
+
+    def _error(self, text: str) -> None:
+        with self._cond:
+            self._errors.append(text)
+            self._cond.notify_all()
+
+
+# ---- the Web API methods (run under the fake's lock) -------------------------------------------
+
+
+def _auth_test(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ok": True,
+        "url": "https://fake.slack.com/",
+        "team": "Fake",
+        "user": "billing-bot",
+        "team_id": TEAM_ID,
+        "user_id": BOT_USER_ID,
+        "bot_id": BOT_ID,
+        "is_enterprise_install": False,
+    }
+
+
+def _channel_error(fake: FakeSlack, channel: str | None) -> dict[str, Any] | None:
+    if not channel:
+        return {"ok": False, "error": "channel_not_found"}
+    known = fake._channels.get(channel)
+    if known is not None and not known["is_member"]:
+        return {"ok": False, "error": "not_in_channel"}
+    return None
+
+
+def _content(params: dict[str, Any]) -> dict[str, Any]:
+    content = {}
+    for key in ("text", "blocks", "attachments", "metadata"):
+        if key in params:
+            value = params[key]
+            # Form-encoded calls carry blocks and attachments as JSON strings.
+            if key != "text" and isinstance(value, str):
+                value = json.loads(value)
+            content[key] = value
+    return content
+
+
+def _post_message(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
+    channel = params.get("channel")
+    if (error := _channel_error(fake, channel)) is not None:
+        return error
+    content = _content(params)
+    if not any(content.get(k) for k in ("text", "blocks", "attachments")):
+        return {"ok": False, "error": "no_text"}
+    ts = fake._next_ts()
+    message = {"type": "message", "user": BOT_USER_ID, "bot_id": BOT_ID, "ts": ts, **content}
+    if params.get("thread_ts"):
+        message["thread_ts"] = params["thread_ts"]
+    fake._messages.setdefault(channel, {})[ts] = message
+    return {"ok": True, "channel": channel, "ts": ts, "message": message}
+
+
+def _update(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
+    channel, ts = params.get("channel"), params.get("ts")
+    if (error := _channel_error(fake, channel)) is not None:
+        return error
+    message = fake._messages.get(channel, {}).get(ts)
+    if message is None:
+        return {"ok": False, "error": "message_not_found"}
+    message.update(_content(params))
+    message["edited"] = {"user": BOT_USER_ID, "ts": fake._next_ts()}
+    return {
+        "ok": True,
+        "channel": channel,
+        "ts": ts,
+        "text": message.get("text", ""),
+        "message": message,
+    }
+
+
+def _post_ephemeral(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
+    channel, user = params.get("channel"), params.get("user")
+    if (error := _channel_error(fake, channel)) is not None:
+        return error
+    if user not in fake._users:
+        return {"ok": False, "error": "user_not_found"}
+    ts = fake._next_ts()
+    fake._ephemerals.append({"channel": channel, "user": user, "ts": ts, **_content(params)})
+    return {"ok": True, "message_ts": ts}
+
+
+def _users_info(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
+    user = fake._users.get(params.get("user", ""))
+    if user is None:
+        return {"ok": False, "error": "user_not_found"}
+    return {"ok": True, "user": user}
+
+
+def _conversations_info(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
+    channel = fake._channels.get(params.get("channel", ""))
+    if channel is None:
+        return {"ok": False, "error": "channel_not_found"}
+    return {"ok": True, "channel": channel}
+
+
+def _views_open(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
+    view = params.get("view")
+    if isinstance(view, str):
+        view = json.loads(view)
+    if not params.get("trigger_id") or not isinstance(view, dict):
+        return {"ok": False, "error": "invalid_arguments"}
+    opened = {"id": fake._next_id("V"), "team_id": TEAM_ID, "hash": fake._next_ts(), **view}
+    opened.setdefault("state", {"values": {}})
+    fake._views.append(opened)
+    return {"ok": True, "view": opened}
+
+
+def _get_upload_url(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
+    filename, length = params.get("filename"), params.get("length")
+    if not filename or length is None:
+        return {"ok": False, "error": "invalid_arguments"}
+    file_id = fake._next_id("F")
+    fake._uploads[file_id] = Upload(file_id=file_id, filename=filename, length=int(length))
+    return {"ok": True, "upload_url": f"{fake.url}upload/{file_id}", "file_id": file_id}
+
+
+def _complete_upload(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
+    files = params.get("files")
+    if isinstance(files, str):
+        files = json.loads(files)
+    channel_id = params.get("channel_id")
+    channels = params.get("channels")
+    channels = channels.split(",") if isinstance(channels, str) else list(channels or [])
+    targets = [channel_id] if channel_id else channels
+    for channel in targets:
+        if (error := _channel_error(fake, channel)) is not None:
+            return error
+    done = []
+    for item in files or []:
+        upload = fake._uploads.get(item.get("id", ""))
+        if upload is None or upload.data is None:
+            return {"ok": False, "error": "file_not_found"}
+        upload.title = item.get("title") or upload.filename
+        upload.completed = True
+        upload.channel_id = channel_id
+        upload.channels = channels
+        upload.initial_comment = params.get("initial_comment")
+        upload.thread_ts = params.get("thread_ts")
+        done.append(
+            {
+                "id": upload.file_id,
+                "name": upload.filename,
+                "title": upload.title,
+                "size": len(upload.data),
+            }
+        )
+    if not done:
+        return {"ok": False, "error": "invalid_arguments"}
+    # Slack shares the files in the channel as a message carrying the initial comment.
+    for channel in targets:
+        ts = fake._next_ts()
+        fake._messages.setdefault(channel, {})[ts] = {
+            "type": "message",
+            "subtype": "file_share",
+            "user": BOT_USER_ID,
+            "ts": ts,
+            "text": params.get("initial_comment") or "",
+            "files": done,
+        }
+    return {"ok": True, "files": done}
+
+
+_METHODS: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
+    "auth.test": _auth_test,
+    "chat.postMessage": _post_message,
+    "chat.update": _update,
+    "chat.postEphemeral": _post_ephemeral,
+    "users.info": _users_info,
+    "conversations.info": _conversations_info,
+    "views.open": _views_open,
+    "files.getUploadURLExternal": _get_upload_url,
+    "files.completeUploadExternal": _complete_upload,
+}
+
+
+# ---- HTTP ---------------------------------------------------------------------------------------
+
+
+class _Reply(NamedTuple):
+    status: int
+    body: bytes
+    content_type: str
+    headers: dict[str, str]
+
+    @classmethod
+    def json(cls, payload: dict[str, Any], status: int = 200, **headers: str) -> _Reply:
+        body = json.dumps(payload).encode()
+        return cls(status, body, "application/json; charset=utf-8", headers)
+
+    @classmethod
+    def text(cls, status: int, text: str) -> _Reply:
+        return cls(status, text.encode(), "text/plain; charset=utf-8", {})
+
+
+def _fault_reply(fault: _Fault) -> _Reply:
+    headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+    return _Reply.json({"ok": False, "error": fault.error}, fault.status, **headers)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeSlack
+    # Keep-alive, as aiohttp and httpx expect; idle connections are dropped after a minute.
+    protocol_version = "HTTP/1.1"
+    timeout = 60
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the test output is no place for an access log
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        try:
+            reply = self._route()
+        except Exception:
+            self.fake._error(traceback.format_exc())
+            reply = _Reply.json({"ok": False, "error": "fake_slack_error"}, 500)
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(reply.body)
+
+    def _route(self) -> _Reply:
+        parts = urlsplit(self.path)
+        body = self._read_body()
+        head, _, rest = parts.path.lstrip("/").partition("/")
+        if head == "api" and rest:
+            params: dict[str, Any] = dict(parse_qsl(parts.query, keep_blank_values=True))
+            params.update(self._parse_body(body))
+            token = params.pop("token", None)
+            auth = self.headers.get("Authorization", "")
+            if auth.startswith("Bearer "):
+                token = auth.removeprefix("Bearer ")
+            return self.fake._api(rest, params, token)
+        if head == "upload" and rest and self.command == "POST":
+            return self.fake._upload(rest, self._file_bytes(body))
+        if head == "response" and rest and self.command == "POST":
+            return self.fake._respond(rest, self._parse_body(body))
+        return _Reply.text(404, "not found")
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip(), 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            # Trailer lines, up to the blank line that ends the message.
+            while self.rfile.readline().strip():
+                pass
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _content_type(self) -> str:
+        return self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+    def _parse_body(self, body: bytes) -> dict[str, Any]:
+        if not body:
+            return {}
+        kind = self._content_type()
+        if kind == "application/json":
+            parsed = json.loads(body)
+            return parsed if isinstance(parsed, dict) else {"_json": parsed}
+        if kind == "multipart/form-data":
+            return {name: value for name, value, _ in self._multipart(body)}
+        return dict(parse_qsl(body.decode(), keep_blank_values=True))
+
+    def _file_bytes(self, body: bytes) -> bytes:
+        # slack_sdk posts the raw bytes; other clients post multipart with one file part.
+        if self._content_type() == "multipart/form-data":
+            for _, value, is_file in self._multipart(body):
+                if is_file:
+                    return value
+        return body
+
+    def _multipart(self, body: bytes) -> Iterator[tuple[str, Any, bool]]:
+        header = f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode()
+        message = BytesParser(policy=HTTP).parsebytes(header + body)
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            payload = part.get_payload(decode=True) or b""
+            if part.get_filename() is not None:
+                yield name, payload, True
+            else:
+                yield name, payload.decode(), False
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlack]:
+    """A started FakeSlack for one test (import it into a conftest to use it)."""
+    with FakeSlack() as fake:
+        yield fake
+
+
+# ---- the signing driver --------------------------------------------------------------------------
+
+Signature = Literal["valid", "wrong", "missing"]
+STALE_SECONDS = 6 * 60  # Slack and Bolt refuse requests older than 5 minutes
+
+
+class SlackDriver:
+    """Sends requests to the app exactly as Slack does: form-encoded, signed with the secret.
+
+    `app_url` is the endpoint; a bare origin gets Bolt's default path `/slack/events`. With
+    `fake` given, each command gets its own response_url on that FakeSlack.
+    """
+
+    def __init__(
+        self,
+        app_url: str,
+        signing_secret: str,
+        *,
+        fake: FakeSlack | None = None,
+        clock: Callable[[], float] = time.time,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.url = app_url if urlsplit(app_url).path not in ("", "/") else _join(app_url)
+        self.signing_secret = signing_secret
+        self.fake = fake
+        self.clock = clock
+        self.client = client
+        self._counter = itertools.count(1)
+
+    # ---- building
+
+    def sign(
+        self,
+        body: str,
+        *,
+        signature: Signature = "valid",
+        timestamp: int | None = None,
+        stale: bool = False,
+    ) -> dict[str, str]:
+        """The two headers Slack adds, or a wrong or missing signature on request."""
+        ts = int(self.clock()) if timestamp is None else timestamp
+        if stale:
+            ts -= STALE_SECONDS
+        headers = {"X-Slack-Request-Timestamp": str(ts)}
+        if signature != "missing":
+            secret = self.signing_secret if signature == "valid" else self.signing_secret + "-wrong"
+            headers["X-Slack-Signature"] = signature_for(secret, ts, body)
+        return headers
+
+    def command_body(
+        self,
+        text: str,
+        *,
+        user_id: str = "U_ADMIN",
+        user_name: str | None = None,
+        channel_id: str = "C_LINKED",
+        channel_name: str | None = None,
+        team_id: str = TEAM_ID,
+        team_domain: str = "fake",
+        response_url: str | None = None,
+        trigger_id: str | None = None,
+        command: str = "/atlas-billing",
+    ) -> dict[str, str]:
+        """The form fields of a slash command, in Slack's order."""
+        n = next(self._counter)
+        if response_url is None:
+            response_url = (
+                self.fake.response_url(f"command-{n}")
+                if self.fake is not None
+                else f"https://hooks.slack.com/commands/{team_id}/{n}/fake"
+            )
+        return {
+            "token": "fake-verification-token",
+            "team_id": team_id,
+            "team_domain": team_domain,
+            "channel_id": channel_id,
+            "channel_name": channel_name or channel_id.lower(),
+            "user_id": user_id,
+            "user_name": user_name or user_id.lower(),
+            "command": command,
+            "text": text,
+            "api_app_id": "A_FAKE",
+            "is_enterprise_install": "false",
+            "response_url": response_url,
+            "trigger_id": trigger_id or f"{n}.{n}.fake-trigger",
+        }
+
+    def request(
+        self,
+        form: dict[str, str],
+        *,
+        signature: Signature = "valid",
+        timestamp: int | None = None,
+        stale: bool = False,
+    ) -> httpx.Request:
+        body = urlencode(form)
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "User-Agent": "Slackbot 1.0 (+https://api.slack.com/robots)",
+            **self.sign(body, signature=signature, timestamp=timestamp, stale=stale),
+        }
+        return httpx.Request("POST", self.url, content=body.encode(), headers=headers)
+
+    def command_request(
+        self,
+        text: str,
+        *,
+        signature: Signature = "valid",
+        timestamp: int | None = None,
+        stale: bool = False,
+        **fields: Any,
+    ) -> httpx.Request:
+        form = self.command_body(text, **fields)
+        return self.request(form, signature=signature, timestamp=timestamp, stale=stale)
+
+    def action_request(
+        self,
+        payload: dict[str, Any],
+        *,
+        signature: Signature = "valid",
+        timestamp: int | None = None,
+        stale: bool = False,
+    ) -> httpx.Request:
+        form = {"payload": json.dumps(payload)}
+        return self.request(form, signature=signature, timestamp=timestamp, stale=stale)
+
+    # ---- sending
+
+    async def send(self, request: httpx.Request) -> httpx.Response:
+        if self.client is not None:
+            return await self.client.send(request)
+        async with httpx.AsyncClient(timeout=10) as client:
+            return await client.send(request)
+
+    async def command(self, text: str, **options: Any) -> httpx.Response:
+        """POST `/atlas-billing text`; options are `command_body`'s fields and the signing ones."""
+        return await self.send(self.command_request(text, **options))
+
+    async def action(self, payload: dict[str, Any], **options: Any) -> httpx.Response:
+        """POST an interaction payload (block_actions, view_submission, …) as `payload=<json>`."""
+        return await self.send(self.action_request(payload, **options))
+
+    def command_sync(self, text: str, **options: Any) -> httpx.Response:
+        with httpx.Client(timeout=10) as client:
+            return client.send(self.command_request(text, **options))
+
+    def action_sync(self, payload: dict[str, Any], **options: Any) -> httpx.Response:
+        with httpx.Client(timeout=10) as client:
+            return client.send(self.action_request(payload, **options))
+
+
+def signature_for(secret: str, timestamp: int | str, body: str | bytes) -> str:
+    """Slack's v0 signature: hex HMAC-SHA256 of `v0:{timestamp}:{body}`."""
+    text = body.decode() if isinstance(body, bytes) else body
+    digest = hmac.new(secret.encode(), f"v0:{timestamp}:{text}".encode(), hashlib.sha256)
+    return "v0=" + digest.hexdigest()
+
+
+def block_action(
+    action_id: str,
+    value: str | None = None,
+    *,
+    block_id: str = "block",
+    user_id: str = "U_ADMIN",
+    channel_id: str = "C_LINKED",
+    team_id: str = TEAM_ID,
+    message_ts: str | None = None,
+    response_url: str = "https://hooks.slack.com/actions/T1/1/fake",
+) -> dict[str, Any]:
+    """A `block_actions` payload for a button click."""
+    action: dict[str, Any] = {
+        "type": "button",
+        "action_id": action_id,
+        "block_id": block_id,
+        "action_ts": f"{int(time.time())}.000000",
+    }
+    if value is not None:
+        action["value"] = value
+    payload: dict[str, Any] = {
+        "type": "block_actions",
+        "team": {"id": team_id, "domain": "fake"},
+        "user": {"id": user_id, "username": user_id.lower(), "team_id": team_id},
+        "api_app_id": "A_FAKE",
+        "token": "fake-verification-token",
+        "trigger_id": "1.1.fake-trigger",
+        "channel": {"id": channel_id, "name": channel_id.lower()},
+        "response_url": response_url,
+        "actions": [action],
+        "is_enterprise_install": False,
+    }
+    if message_ts is not None:
+        payload["container"] = {
+            "type": "message",
+            "message_ts": message_ts,
+            "channel_id": channel_id,
+        }
+        payload["message"] = {"type": "message", "ts": message_ts}
+    return payload
+
+
+def view_submission(
+    callback_id: str,
+    values: dict[str, dict[str, Any]],
+    *,
+    private_metadata: str = "",
+    user_id: str = "U_ADMIN",
+    team_id: str = TEAM_ID,
+) -> dict[str, Any]:
+    """A `view_submission` payload; `values` is `state.values` (block_id → action_id → value).
+
+    Plain strings are taken as plain-text inputs: `{"b": {"a": "x"}}` becomes
+    `{"b": {"a": {"type": "plain_text_input", "value": "x"}}}`.
+    """
+    state = {
+        block: {
+            action: ({"type": "plain_text_input", "value": v} if isinstance(v, str) else v)
+            for action, v in actions.items()
+        }
+        for block, actions in values.items()
+    }
+    return {
+        "type": "view_submission",
+        "team": {"id": team_id, "domain": "fake"},
+        "user": {"id": user_id, "username": user_id.lower(), "team_id": team_id},
+        "api_app_id": "A_FAKE",
+        "token": "fake-verification-token",
+        "trigger_id": "1.1.fake-trigger",
+        "view": {
+            "id": "V_FAKE",
+            "type": "modal",
+            "callback_id": callback_id,
+            "private_metadata": private_metadata,
+            "state": {"values": state},
+            "hash": "1.fake",
+        },
+        "response_urls": [],
+        "is_enterprise_install": False,
+    }
+
+
+def _join(origin: str) -> str:
+    return origin.rstrip("/") + "/slack/events"
