@@ -102,7 +102,9 @@ class PollReport:
 
 async def poll_due(deps: Deps) -> PollReport:
     """The *poll* job: claim due queries and poll each once, concurrently."""
-    lease = max(60.0, deps.settings.BOT_POLL_SECONDS * 4)
+    # Long enough for one poll (its read time-out and a retry or two), short enough that a
+    # replica killed mid-poll delays the query by seconds, not minutes.
+    lease = max(30.0, deps.settings.BOT_POLL_SECONDS * 4)
     rows = await deps.db.run(
         cost_queries.claim_due,
         now=deps.clock(),

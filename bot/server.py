@@ -74,14 +74,16 @@ def require(settings: Settings, *names: str) -> None:
 
 def serve(settings: Settings, *, port: int, host: str = "0.0.0.0") -> None:
     """Apply migrations, then run until interrupted."""
+    if settings.SLACK_APP_TOKEN:
+        require(settings, "SLACK_BOT_TOKEN")
+    else:
+        require(settings, "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET")
     deps = build_deps(settings)
     deps.db.upgrade()
     app = build_app(deps)
     if settings.SLACK_APP_TOKEN:
-        require(settings, "SLACK_BOT_TOKEN")
         asyncio.run(_socket_mode(deps, app, settings.SLACK_APP_TOKEN))
         return
-    require(settings, "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET")
     log.info("serving Slack HTTP mode on %s:%s", host, port)
     uvicorn.run(build_asgi(deps, app), host=host, port=port, http="httptools", log_level="info")
 
