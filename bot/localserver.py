@@ -18,14 +18,20 @@ class LocalServer:
     """``with LocalServer(app) as server: server.url``; stops and joins on exit."""
 
     def __init__(
-        self, app: Any, *, host: str = "127.0.0.1", port: int = 0, http: str = "httptools"
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        http: str = "httptools",
+        lifespan: str = "off",
     ) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
         config = uvicorn.Config(
-            app, http=http, log_level="warning", lifespan="off", access_log=False
+            app, http=http, log_level="warning", lifespan=lifespan, access_log=False
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
