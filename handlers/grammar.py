@@ -14,7 +14,7 @@ from bot.money import format_cents, parse_dollars
 
 MAX_TEXT = 2000
 MAX_THRESHOLD_CENTS = 100_000_000 * 100
-GROUP_BY = ("services", "projects", "clusters", "organizations")
+GROUP_BY = ("services", "projects", "clusters", "organizations")  # the order help shows
 # Cost Explorer keeps about two years of history and one query may span at most a year.
 MAX_SPAN_MONTHS = 12
 MAX_HISTORY_MONTHS = 24

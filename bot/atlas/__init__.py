@@ -2,7 +2,7 @@
 
 from bot.atlas._auth import ServiceAccountAuth, api_key_auth
 from bot.atlas._budget import RequestBudget
-from bot.atlas._client import SERVICES, AtlasClient, validate_cost_query
+from bot.atlas._client import AtlasClient, validate_cost_query
 from bot.atlas._errors import (
     AtlasAPIError,
     AtlasError,
@@ -18,6 +18,7 @@ from bot.atlas._errors import (
     ServerError,
     Unauthorized,
 )
+from bot.atlas._ids import GROUP_BY, SERVICES
 from bot.atlas._ids import cost_token as validate_cost_token
 from bot.atlas._ids import invoice_id as validate_invoice_id
 from bot.atlas._ids import org_id as validate_org_id
@@ -36,6 +37,7 @@ from bot.atlas._models import (
 
 __all__ = [
     "API_VERSION",
+    "GROUP_BY",
     "SERVICES",
     "AtlasAPIError",
     "AtlasClient",

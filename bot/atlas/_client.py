@@ -32,9 +32,9 @@ from bot.atlas._errors import (
     AtlasTransportError,
     InvalidInput,
     MalformedResponse,
-    RateLimited,
     error_class,
 )
+from bot.atlas._ids import SERVICES
 from bot.atlas._media import Operation, media_type
 from bot.atlas._models import CostQuery, CostResult, CostRow, Invoice, InvoiceMetadata, NotReady
 
@@ -42,26 +42,6 @@ log = logging.getLogger(__name__)
 
 API = "/api/atlas/v2"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-SERVICES = (
-    "Atlas",
-    "Clusters",
-    "Storage",
-    "Serverless Instances",
-    "Backup",
-    "Data Transfer",
-    "BI Connector",
-    "Premium Features",
-    "Atlas Data Federation",
-    "Atlas Stream Processing",
-    "App Services",
-    "Charts",
-    "Cloud Manager",
-    "Cloud Manager Standard/Premium",
-    "Legacy Backup",
-    "Flex Consulting",
-    "Support",
-    "Credits",
-)
 
 
 class AtlasClient:
@@ -540,4 +520,4 @@ def _parse_list(model, items: Any, what: str) -> list:
     return [_parse(model, item, what) for item in items]
 
 
-__all__ = ["SERVICES", "AtlasClient", "RateLimited", "validate_cost_query"]
+__all__ = ["AtlasClient", "validate_cost_query"]

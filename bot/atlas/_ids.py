@@ -16,6 +16,27 @@ _HEX24 = re.compile(r"[a-f0-9]{24}")
 _TOKEN = re.compile(r"[A-Za-z0-9]{64}")
 
 GROUP_BY = ("organizations", "projects", "clusters", "services")
+# Cost Explorer service names (ATLAS-NOTES.md); the sandbox serves the same list.
+SERVICES = (
+    "Atlas",
+    "Clusters",
+    "Storage",
+    "Serverless Instances",
+    "Backup",
+    "Data Transfer",
+    "BI Connector",
+    "Premium Features",
+    "Atlas Data Federation",
+    "Atlas Stream Processing",
+    "App Services",
+    "Charts",
+    "Cloud Manager",
+    "Cloud Manager Standard/Premium",
+    "Legacy Backup",
+    "Flex Consulting",
+    "Support",
+    "Credits",
+)
 
 
 def org_id(value: str) -> str:

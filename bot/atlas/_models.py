@@ -63,7 +63,9 @@ class Refund(_AtlasModel):
     reason: str | None = None
 
 
-class Invoice(_AtlasModel):
+class InvoiceMetadata(_AtlasModel):
+    """An entry of the invoice list: the invoice without line items or payments."""
+
     id: str
     org_id: str | None = Field(default=None, alias="orgId")
     status_name: str | None = Field(default=None, alias="statusName")
@@ -75,6 +77,11 @@ class Invoice(_AtlasModel):
     credits_cents: int = Field(default=0, alias="creditsCents")
     sales_tax_cents: int = Field(default=0, alias="salesTaxCents")
     starting_balance_cents: int = Field(default=0, alias="startingBalanceCents")
+
+
+class Invoice(InvoiceMetadata):
+    """One invoice in full: the metadata plus line items, payments and refunds."""
+
     line_items: tuple[LineItem, ...] = Field(default=(), alias="lineItems")
     payments: tuple[Payment, ...] = ()
     refunds: tuple[Refund, ...] = ()
@@ -119,22 +126,6 @@ class Invoice(_AtlasModel):
         for item in self.line_items:
             totals[getter(item)] += item.total_price_cents
         return dict(totals)
-
-
-class InvoiceMetadata(_AtlasModel):
-    """An entry of the invoice list: the invoice without line items or payments."""
-
-    id: str
-    org_id: str | None = Field(default=None, alias="orgId")
-    status_name: str | None = Field(default=None, alias="statusName")
-    start_date: datetime | None = Field(default=None, alias="startDate")
-    end_date: datetime | None = Field(default=None, alias="endDate")
-    subtotal_cents: int = Field(default=0, alias="subtotalCents")
-    amount_billed_cents: int = Field(default=0, alias="amountBilledCents")
-    amount_paid_cents: int = Field(default=0, alias="amountPaidCents")
-    credits_cents: int = Field(default=0, alias="creditsCents")
-    sales_tax_cents: int = Field(default=0, alias="salesTaxCents")
-    starting_balance_cents: int = Field(default=0, alias="startingBalanceCents")
 
 
 class CostRow(_AtlasModel):

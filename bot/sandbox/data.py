@@ -14,29 +14,6 @@ from datetime import UTC, date, datetime, timedelta
 from functools import cached_property, lru_cache
 from typing import Any
 
-# Cost Explorer service names (ATLAS-NOTES.md).
-SERVICES = (
-    "Atlas",
-    "Clusters",
-    "Storage",
-    "Serverless Instances",
-    "Backup",
-    "Data Transfer",
-    "BI Connector",
-    "Premium Features",
-    "Atlas Data Federation",
-    "Atlas Stream Processing",
-    "App Services",
-    "Charts",
-    "Cloud Manager",
-    "Cloud Manager Standard/Premium",
-    "Legacy Backup",
-    "Flex Consulting",
-    "Support",
-    "Credits",
-)
-GROUP_BY = ("organizations", "projects", "clusters", "services")
-
 CLOSED_MONTHS = 6
 HUGE_LINE_ITEMS = 200_000
 SMALL_ORG_NAMES = ("Acme Production", "Acme Staging", "Globex")

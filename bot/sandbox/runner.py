@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Callable
 from datetime import date
 from types import TracebackType
 
-import uvicorn
-
+from bot.localserver import LocalServer
 from bot.sandbox.data import SandboxData
 from bot.sandbox.server import SandboxState, create_app
 
 
-class _Uvicorn(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, ready: threading.Event) -> None:
-        super().__init__(config)
-        self._ready = ready
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        self._ready.set()
-
-
 class SandboxServer:
-    """The sandbox served by uvicorn (httptools) on ``host:port`` (port 0: any free port).
+    """The sandbox served by a ``LocalServer`` on ``host:port`` (port 0: any free port).
 
-    The socket is bound before the thread starts, so ``base_url`` is known at
-    once and no connection can race the start-up. ``keep_alive_seconds`` is how
+    ``keep_alive_seconds`` is how
     long an idle connection stays open, and so how long a ``silence``-mode 102
     stays silent before the server hangs up.
     """
@@ -49,75 +36,38 @@ class SandboxServer:
         self.host = host
         self.port = port
         self._keep_alive = keep_alive_seconds
-        self._server: _Uvicorn | None = None
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._server: LocalServer | None = None
 
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:<port>``, the origin a client uses as its Atlas base URL."""
         if self._server is None:
             raise RuntimeError("the sandbox is not running; call start() first")
-        return f"http://{self.host}:{self.port}"
+        return self._server.url
 
     def start(self) -> SandboxServer:
         if self._server is not None:
             raise RuntimeError("the sandbox is already running")
-        # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on accepted sockets whose
-        # proto says TCP, and without it every response waits ~40 ms on delayed ACKs.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError:
-            sock.close()
-            raise
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
+        server = LocalServer(
             create_app(self.state),
-            http="httptools",
-            loop="asyncio",
-            lifespan="off",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            server_header=False,
-            timeout_keep_alive=self._keep_alive,
-            timeout_graceful_shutdown=2,
+            host=self.host,
+            port=self.port,
+            keep_alive_seconds=self._keep_alive,
+            name="sandbox-atlas",
         )
-        ready = threading.Event()
-        self._server = _Uvicorn(config, ready)
-
-        def run() -> None:
-            try:
-                assert self._server is not None
-                self._server.run(sockets=[sock])
-            except BaseException as exc:  # reported to the thread that called start()
-                self._error = exc
-            finally:
-                ready.set()
-                sock.close()
-
-        self._thread = threading.Thread(target=run, name=f"sandbox-atlas-{self.port}", daemon=True)
-        self._thread.start()
-        ready.wait(timeout=30)
-        if self._error is not None or not self._server.started:
-            self.stop()
-            raise RuntimeError(f"the sandbox did not start: {self._error!r}")
+        self._server = server.start()
+        self.port = server.port
         return self
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        server.should_exit = True
-        thread.join(timeout=30)
-        self._server = self._thread = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
 
     def wait(self) -> None:
         """Block until the server stops (Ctrl-C interrupts the wait)."""
-        if self._thread is not None:
-            self._thread.join()
+        if self._server is not None:
+            self._server.wait()
 
     def __enter__(self) -> SandboxServer:
         return self.start()

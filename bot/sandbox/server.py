@@ -29,10 +29,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bot.atlas import GROUP_BY, SERVICES
 from bot.atlas._media import Operation, media_type
 from bot.sandbox.data import (
-    GROUP_BY,
-    SERVICES,
     Credentials,
     Invoice,
     Org,

@@ -11,12 +11,12 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 import pytest
 
+from bot.atlas import SERVICES
 from bot.sandbox.data import (
     CLOSED_MONTHS,
     COST_CSV_COLUMNS,
     HUGE_LINE_ITEMS,
     INVOICE_CSV_COLUMNS,
-    SERVICES,
     SandboxData,
     add_months,
     cost_csv,
