@@ -444,6 +444,25 @@ def _conversations_info(fake: FakeSlack, params: dict[str, Any]) -> dict[str, An
     return {"ok": True, "channel": channel}
 
 
+def _history(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
+    """Newest first, like Slack; message metadata only with ``include_all_metadata``."""
+    channel = params.get("channel")
+    if (error := _channel_error(fake, channel)) is not None:
+        return error
+    oldest = float(params.get("oldest") or 0)
+    limit = int(params.get("limit") or 100)
+    with_metadata = str(params.get("include_all_metadata", "")).lower() in ("1", "true")
+    found = []
+    for ts, message in sorted(fake._messages.get(channel, {}).items(), reverse=True):
+        if float(ts) <= oldest:
+            continue
+        shown = dict(message)
+        if not with_metadata:
+            shown.pop("metadata", None)
+        found.append(shown)
+    return {"ok": True, "messages": found[:limit], "has_more": len(found) > limit}
+
+
 def _views_open(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
     view = params.get("view")
     if isinstance(view, str):
@@ -518,6 +537,7 @@ _METHODS: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
     "chat.postEphemeral": _post_ephemeral,
     "users.info": _users_info,
     "conversations.info": _conversations_info,
+    "conversations.history": _history,
     "views.open": _views_open,
     "files.getUploadURLExternal": _get_upload_url,
     "files.completeUploadExternal": _complete_upload,

@@ -494,3 +494,18 @@ async def test_bolt_refuses_bad_signatures(fake: FakeSlack, bolt_url: str, optio
     answer = await SlackDriver(bolt_url, SECRET, fake=fake).command("pending", **options)
     assert answer.status_code == 401
     assert fake.calls_to("chat.postMessage") == [] and fake.responses == []
+
+
+async def test_history_returns_newest_first_with_metadata_on_request(fake):
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    client = AsyncWebClient(base_url=fake.base_url, token="xoxb-test")
+    meta = {"event_type": "atlas_billing", "event_payload": {"key": "alert:1:2026-11:80"}}
+    first = await client.chat_postMessage(channel="C_LINKED", text="one", metadata=meta)
+    await client.chat_postMessage(channel="C_LINKED", text="two")
+    history = await client.conversations_history(channel="C_LINKED", include_all_metadata=True)
+    assert [m["text"] for m in history["messages"]] == ["two", "one"]
+    assert history["messages"][1]["metadata"] == meta
+    plain = await client.conversations_history(channel="C_LINKED", oldest=first["ts"])
+    assert [m["text"] for m in plain["messages"]] == ["two"]
+    assert "metadata" not in plain["messages"][0]
