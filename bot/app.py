@@ -14,30 +14,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 import handlers
 from bot.atlas import AtlasClient
-from bot.config import ConfigError, Settings
+from bot.config import Settings
+from bot.credentials import atlas_client
 from bot.deps import Deps, slack_client
 from storage import Database
 
 log = logging.getLogger(__name__)
-
-
-def atlas_client(settings: Settings, **options: Any) -> AtlasClient:
-    """The Atlas client for the configured credentials (service account preferred)."""
-    if not settings.has_atlas_credentials:
-        raise ConfigError(
-            "no Atlas credentials: set MONGODB_ATLAS_CLIENT_ID and MONGODB_ATLAS_CLIENT_SECRET "
-            "(service account) or MONGODB_ATLAS_PUBLIC_API_KEY and MONGODB_ATLAS_PRIVATE_API_KEY; "
-            "to try the bot without an account, run `billing-bot shell`, or `billing-bot sandbox` "
-            "and paste its export lines"
-        )
-    return AtlasClient.with_credentials(
-        base_url=settings.MONGODB_ATLAS_BASE_URL,
-        client_id=settings.MONGODB_ATLAS_CLIENT_ID,
-        client_secret=settings.MONGODB_ATLAS_CLIENT_SECRET,
-        public_key=settings.MONGODB_ATLAS_PUBLIC_API_KEY,
-        private_key=settings.MONGODB_ATLAS_PRIVATE_API_KEY,
-        **options,
-    )
 
 
 def build_deps(

@@ -18,7 +18,6 @@ from typing import Annotated, Any
 import typer
 
 from bot import billing
-from bot.app import atlas_client
 from bot.atlas import (
     AtlasAPIError,
     AtlasClient,
@@ -31,8 +30,8 @@ from bot.atlas import (
     validate_org_id,
 )
 from bot.config import ConfigError, Settings, load_settings
+from bot.credentials import atlas_client
 from bot.render.text import costs_text, invoice_text, pending_text
-from storage import StorageConfigError, StorageError
 
 log = logging.getLogger("bot.cli")
 
@@ -67,12 +66,16 @@ def _emit_json(document: object) -> None:
 
 
 def _parse_day(value: str, option: str) -> date:
+    """A first-of-month date for a Cost Explorer bound, with the option named in any error."""
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise CliError(
-            f"{option} must be a date YYYY-MM-DD (a first of month), got {value!r}", 2
+            f"{option} must be a date YYYY-MM-DD on the first day of a month, got {value!r}", 2
         ) from None
+    if day.day != 1:
+        raise CliError(f"{option} must be the first day of a month (YYYY-MM-01), got {value!r}", 2)
+    return day
 
 
 JsonOpt = Annotated[
@@ -154,11 +157,14 @@ def atlas_costs(
     as_json: JsonOpt = False,
 ) -> None:
     """Start a Cost Explorer query and print its token; --wait prints the result."""
+    start_day, end_day = _parse_day(start, "--start"), _parse_day(end, "--end")
+    if end_day <= start_day:
+        raise CliError(f"--end must be after --start (the end is exclusive), got {end!r}", 2)
     if group_by is not None and group_by not in GROUPS:
         raise CliError(f"--group-by must be one of {'|'.join(GROUPS)}, got {group_by!r}", 2)
     query = CostQuery(
-        start=_parse_day(start, "--start"),
-        end=_parse_day(end, "--end"),
+        start=start_day,
+        end=end_day,
         group_by=group_by,
         organizations=(org_id,),
         projects=tuple(project or ()),
@@ -310,6 +316,8 @@ def _describe(exc: BaseException) -> tuple[str, int]:
         return f"Atlas answered {exc.summary()}", 1
     if isinstance(exc, AtlasError):
         return str(exc), 1
+    from storage import StorageConfigError, StorageError
+
     if isinstance(exc, StorageConfigError):
         return f"DATABASE_URL: {exc}", 2
     if isinstance(exc, StorageError):
@@ -317,18 +325,37 @@ def _describe(exc: BaseException) -> tuple[str, int]:
     return f"unexpected failure: {type(exc).__name__}: {exc}", 1
 
 
+def _usage_error(exc: typer.TyperException) -> int:
+    """Click's usage errors as one line: what was wrong, the form wanted, where help is."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        sys.stdout.write(ctx.get_help() + "\n")
+        return 2
+    message = exc.format_message()
+    metavar = getattr(getattr(exc, "param", None), "metavar", None)
+    if metavar and metavar not in message:
+        message = f"{message.rstrip('.')} (form: {metavar})."
+    where = ctx.command_path if ctx is not None else "billing-bot"
+    message = message if message.endswith(".") else message + "."
+    sys.stderr.write(f"error: {message} See `{where} --help`.\n")
+    return exc.exit_code
+
+
 def main() -> None:
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        app(standalone_mode=True)
-    except SystemExit:
-        raise
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
+    except typer.TyperException as exc:
+        sys.exit(_usage_error(exc))
     except Exception as exc:
         log.debug("command failed", exc_info=exc)
         message, code = _describe(exc)
         sys.stderr.write(f"error: {message}\n")
         sys.exit(code)
+    sys.exit(code if isinstance(code, int) else 0)

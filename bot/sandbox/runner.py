@@ -115,9 +115,9 @@ def serve_forever(
     ``stop`` ends it too (for tests and embedding).
     """
     with SandboxServer(seed=seed, port=port) as server:
-        for line in server.info_lines():
-            echo(line)
         try:
+            for line in server.info_lines():
+                echo(line)
             if stop is None:
                 server.wait()
             else:

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -24,9 +25,10 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.signature import SignatureVerifier
 
-from bot.app import atlas_client, build_app, build_deps
+from bot.app import build_app, build_deps
 from bot.atlas import AtlasClient
 from bot.config import Settings
+from bot.credentials import atlas_client
 from bot.deps import Deps, slack_client
 from bot.jobs import build_scheduler
 from bot.localserver import LocalServer
@@ -114,6 +116,7 @@ class Shell:
             server.stop()
         if self._sandbox is not None:
             self._sandbox.stop()
+        shutil.rmtree(self._workdir, ignore_errors=True)
 
     # ---- one line ------------------------------------------------------------------------------
 
