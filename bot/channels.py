@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlmodel import Session
 
 from bot.deps import Deps
 from bot.explain import Refusal
 from storage import audit, links
-from storage.models import ChannelLink
 
 
 async def is_admin(deps: Deps, user_id: str) -> bool:
@@ -110,13 +107,3 @@ async def unlink(deps: Deps, *, team_id: str, channel_id: str, user_id: str, org
     return await deps.db.run(
         _unlink_and_audit, team_id=team_id, channel_id=channel_id, org_id=org_id, user_id=user_id
     )
-
-
-@dataclass(frozen=True)
-class ChannelStatus:
-    links: tuple[ChannelLink, ...]
-
-
-async def status(deps: Deps, *, team_id: str, channel_id: str) -> ChannelStatus:
-    rows = await deps.db.run(links.links_for_channel, team_id=team_id, channel_id=channel_id)
-    return ChannelStatus(links=tuple(rows))

@@ -272,7 +272,9 @@ app.add_typer(jobs_app, name="jobs")
 
 
 @jobs_app.command("run")
-def jobs_run(name: Annotated[str, typer.Argument(metavar="poll")]) -> None:
+def jobs_run(
+    name: Annotated[str, typer.Argument(metavar="poll|thresholds|digests|outbox")],
+) -> None:
     """Run one scheduler job once, now, and exit."""
     from bot.app import build_deps
     from bot.jobs import JOBS

@@ -17,7 +17,7 @@ from datetime import date, timedelta
 
 from slack_sdk.errors import SlackApiError
 
-from bot import billing
+from bot import billing, digests
 from bot.atlas import (
     AtlasAPIError,
     AtlasError,
@@ -138,22 +138,32 @@ async def _poll_one(deps: Deps, row: StoredQuery) -> QueryStatus:
         result = await deps.atlas_for(row.org_id).cost_result(row.org_id, row.token)
     except AtlasError as exc:
         if _permanent(exc):
-            message = costs_failed_message(row.org_id, start, end, explain(exc), row.requested_by)
-            return await _finish(deps, row, message, QueryStatus.FAILED, error=explain(exc))
+            return await _give_up(deps, row, QueryStatus.FAILED, explain(exc))
         log.warning("cost query %s: %s; polling again later", row.id, exc)
         result = NotReady(type(exc).__name__)
     if isinstance(result, NotReady):
         if now - row.created_at > MAX_AGE:
-            reason = (
-                "Atlas did not finish this query within two hours; start it again "
-                "with `/atlas-billing costs …`."
-            )
-            message = costs_failed_message(row.org_id, start, end, reason, row.requested_by)
-            return await _finish(deps, row, message, QueryStatus.EXPIRED, error=reason)
+            reason = "Atlas did not finish this query within two hours; start it again."
+            return await _give_up(deps, row, QueryStatus.EXPIRED, reason)
         return await _reschedule(deps, row)
+    if row.purpose == "digest":
+        await digests.complete(deps, row, result)
+        return QueryStatus.DONE
     summary = billing.summarise_costs(result, group_by)
     message = costs_result_message(row.org_id, start, end, summary, row.requested_by)
     return await _finish(deps, row, message, QueryStatus.DONE)
+
+
+async def _give_up(deps: Deps, row: StoredQuery, status: QueryStatus, reason: str) -> QueryStatus:
+    """Say in the channel that the query ended without a result, and record why."""
+    if row.purpose == "digest":
+        await deps.db.run(
+            digests.record_failure, row=row, owner=deps.worker, status=status, reason=reason
+        )
+        return status
+    start, end, _ = _dates(row)
+    message = costs_failed_message(row.org_id, start, end, reason, row.requested_by)
+    return await _finish(deps, row, message, status, error=reason)
 
 
 def _permanent(exc: AtlasError) -> bool:

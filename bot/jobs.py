@@ -14,18 +14,28 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from bot import costs
+from bot import alerts, costs, digests, outbox
 from bot.deps import Deps
 
 log = logging.getLogger(__name__)
 
 JOBS: dict[str, Callable[[Deps], Awaitable[Any]]] = {
     "poll": costs.poll_due,
+    "thresholds": alerts.check_thresholds,
+    "digests": digests.start_due,
+    "outbox": outbox.deliver_due,
 }
 
 
 def interval_seconds(deps: Deps, name: str) -> float:
-    return {"poll": deps.settings.BOT_POLL_SECONDS}[name]
+    """The outbox ticks with the poll job: a queued post should not wait longer than a poll."""
+    settings = deps.settings
+    return {
+        "poll": settings.BOT_POLL_SECONDS,
+        "thresholds": settings.BOT_THRESHOLD_SECONDS,
+        "digests": settings.BOT_DIGEST_SECONDS,
+        "outbox": settings.BOT_POLL_SECONDS,
+    }[name]
 
 
 async def run_job(deps: Deps, name: str) -> Any:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 
 def register(app: AsyncApp, deps: Deps) -> None:
-    from handlers import commands
+    from handlers import alerts, commands
 
     commands.register(app, deps)
+    alerts.register(app, deps)

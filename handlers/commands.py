@@ -20,7 +20,7 @@ from bot.channels import require_admin
 from bot.deps import Deps
 from bot.explain import Refusal, explain
 from handlers import costs as costs_handler
-from handlers import grammar, links, spend
+from handlers import grammar, links, settings, spend
 from handlers.invocation import Invocation
 from storage import StorageError
 
@@ -42,9 +42,9 @@ HANDLERS: dict[type, Handler] = {
     grammar.Invoice: spend.invoice,
     grammar.Costs: costs_handler.costs,
     grammar.Connect: _not_yet,
-    grammar.Threshold: _not_yet,
-    grammar.OnCall: _not_yet,
-    grammar.Digest: _not_yet,
+    grammar.Threshold: settings.threshold,
+    grammar.OnCall: settings.oncall,
+    grammar.Digest: settings.digest,
 }
 
 EXPECTED = (AtlasError, StorageError, SlackApiError, Refusal)

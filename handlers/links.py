@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bot import channels
+from bot import channel_settings, channels
+from bot.money import format_cents
 from bot.render.blocks import notice
 from handlers.grammar import Link, Status, Unlink
 from handlers.invocation import Invocation
@@ -43,7 +44,7 @@ async def unlink(invocation: Invocation, command: Unlink) -> None:
 
 
 async def status(invocation: Invocation, command: Status) -> None:
-    state = await channels.status(
+    state = await channel_settings.state(
         invocation.deps, team_id=invocation.team_id, channel_id=invocation.channel_id
     )
     if not state.links:
@@ -52,10 +53,27 @@ async def status(invocation: Invocation, command: Status) -> None:
             "An admin can link one with `/atlas-billing link ORG_ID`."
         )
         return
-    lines = ["This channel follows these Atlas orgs:"]
-    lines += [
-        f"• `{row.org_id}` (linked by <@{row.created_by}> on {row.created_at:%Y-%m-%d})"
-        for row in state.links
-    ]
-    lines.append("Thresholds, on-call and digests: not configured.")
+    lines = ["*This channel follows these Atlas orgs:*"]
+    for row in state.links:
+        threshold = state.thresholds.get(row.id)
+        schedule = state.schedules.get(row.id)
+        limit = format_cents(threshold.amount_cents) if threshold else "none"
+        digest = (
+            f"day {schedule.day} at {schedule.hour:02d}:{schedule.minute:02d} UTC, next "
+            f"{schedule.next_run_at:%Y-%m-%d %H:%M} UTC"
+            if schedule
+            else "off"
+        )
+        lines.append(
+            f"• `{row.org_id}` (linked by <@{row.created_by}> on {row.created_at:%Y-%m-%d}): "
+            f"threshold {limit}; digest {digest}"
+        )
+    config = state.config
+    if config and config.oncall_kind == "user":
+        oncall = f"<@{config.oncall_id}>"
+    elif config and config.oncall_kind == "usergroup":
+        oncall = f"<!subteam^{config.oncall_id}>"
+    else:
+        oncall = "nobody (set one with `/atlas-billing oncall @user`)"
+    lines.append(f"On-call for threshold alerts: {oncall}")
     await invocation.ephemeral("\n".join(lines))

@@ -1,15 +1,17 @@
 """Persistence for the bot: SQLModel tables, data-access functions, engine set-up, migrations.
 
-Modules: `models` (tables), `links`, `cost_queries`, `audit` (data access:
-`fn(session, *, ...)`, the caller owns the transaction), `db` (`Database`,
-`make_engine`, `upgrade`), `errors` (the `StorageError` tree). Imports nothing
-from `bot` or `handlers`.
+Modules: `models` (tables); data access as `fn(session, *, ...)`, never
+committing (the caller owns the transaction): `links`, `channel_config`,
+`thresholds`, `schedules`, `alerts`, `outbox`, `cost_queries`, `audit`; `db`
+(`Database`, `make_engine`, `upgrade`); `errors` (the `StorageError` tree).
+Imports nothing from `bot` or `handlers`.
 """
 
 from storage.db import Database, make_engine, upgrade
-from storage.errors import StorageConfigError, StorageError, StorageUnavailable
+from storage.errors import AlreadyExists, StorageConfigError, StorageError, StorageUnavailable
 
 __all__ = [
+    "AlreadyExists",
     "Database",
     "StorageConfigError",
     "StorageError",

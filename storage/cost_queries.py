@@ -9,22 +9,37 @@ The poll job's cycle, each step in its own transaction (`Database.run`):
    until its next poll. Ready or failed for good: `finish(...)`, and post the
    result only if it returned True, so a result is recorded and posted once even
    if a lease ran out and another worker polled the same token meanwhile.
+
+Queries are `chat` (a `costs` command) or `digest` (a scheduled monthly digest,
+tied to a link and a month by a unique `digest_key`, so a digest is started once).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from storage.models import TOKEN_LENGTH, CostQuery, QueryStatus, to_json, utcnow
+from storage.errors import AlreadyExists
+from storage.models import (
+    KEY_LENGTH,
+    TOKEN_LENGTH,
+    CostQuery,
+    QueryPurpose,
+    QueryStatus,
+    to_json,
+    utcnow,
+)
 
 __all__ = [
     "add_query",
     "claim_due",
+    "digest_query",
     "finish",
     "get_query",
     "pending_count",
@@ -33,6 +48,7 @@ __all__ = [
 ]
 
 _FINAL = frozenset({QueryStatus.DONE, QueryStatus.FAILED, QueryStatus.EXPIRED})
+_MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 
 
 def add_query(
@@ -47,10 +63,27 @@ def add_query(
     next_poll_at: datetime,
     message_ts: str | None = None,
     now: datetime | None = None,
+    purpose: QueryPurpose | str = QueryPurpose.CHAT,
+    link_id: int | None = None,
+    digest_month: str | None = None,
+    digest_key: str | None = None,
 ) -> CostQuery:
-    """Store a query Atlas has accepted; `params` is the request body that started it."""
+    """Store a query Atlas has accepted; `params` is the request body that started it.
+
+    A digest query passes `purpose="digest"`, its `link_id` (the query is deleted
+    with the link), the `digest_month` (`YYYY-MM`) it reports on and a unique
+    `digest_key` (`digest:{link}:{YYYY-MM}`). Raises `AlreadyExists` when a query
+    with that `digest_key` is already stored (by this or another replica); only
+    the insert is undone, the caller's transaction stays usable. Raises
+    `ValueError` for a bad token, purpose, month or key.
+    """
     if not token or len(token) > TOKEN_LENGTH:
         raise ValueError(f"Cost Explorer token must be 1-{TOKEN_LENGTH} characters: {token!r}")
+    purpose = QueryPurpose(purpose)
+    if digest_month is not None and not _MONTH.fullmatch(digest_month):
+        raise ValueError(f"digest_month must be YYYY-MM: {digest_month!r}")
+    if digest_key is not None and not 0 < len(digest_key) <= KEY_LENGTH:
+        raise ValueError(f"digest_key must be 1-{KEY_LENGTH} characters: {digest_key!r}")
     query = CostQuery(
         token=token,
         org_id=org_id,
@@ -61,10 +94,29 @@ def add_query(
         message_ts=message_ts,
         next_poll_at=next_poll_at,
         created_at=now or utcnow(),
+        purpose=purpose.value,
+        link_id=link_id,
+        digest_month=digest_month,
+        digest_key=digest_key,
     )
-    session.add(query)
-    session.flush()
+    try:
+        # A savepoint, so a duplicate only undoes this insert, not the caller's transaction.
+        with session.begin_nested():
+            session.add(query)
+    except IntegrityError:
+        # Which unique key clashed is only known by looking: the token's clash stays an
+        # IntegrityError (a programming error), the digest key's is expected.
+        if digest_key is not None and digest_query(session, digest_key=digest_key) is not None:
+            raise AlreadyExists(
+                f"a Cost Explorer query for {digest_key!r} already exists", key=digest_key
+            ) from None
+        raise
     return query
+
+
+def digest_query(session: Session, *, digest_key: str) -> CostQuery | None:
+    """The query started for this digest (`digest:{link}:{YYYY-MM}`), or None."""
+    return session.exec(select(CostQuery).where(CostQuery.digest_key == digest_key)).first()
 
 
 def get_query(session: Session, *, id: int) -> CostQuery | None:

@@ -1,7 +1,6 @@
 """The database tables: one SQLModel class per table, the schema Alembic migrates to.
 
-Conventions every table follows (and later tables - thresholds, schedules,
-alerts, outbox - should too):
+Conventions every table follows:
 
 - `id` is an integer identity primary key.
 - Timestamps are `UTCDateTime`: timezone-aware UTC in and out on every engine.
@@ -20,7 +19,17 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import CheckConstraint, DateTime, Identity, Index, Text, UniqueConstraint
+from sqlalchemy import (
+    CHAR,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Identity,
+    Index,
+    LargeBinary,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -37,6 +46,11 @@ SQLModel.metadata.naming_convention = {
 SLACK_ID_LENGTH = 64
 ORG_ID_LENGTH = 24  # Atlas organization IDs are 24 hex digits
 TOKEN_LENGTH = 64
+# Keys of posted things (`alert:{link}:{period}:{level}`, `digest:{link}:{YYYY-MM}`, ...).
+KEY_LENGTH = 160
+LEASE_OWNER_LENGTH = 128
+MESSAGE_TS_LENGTH = 32  # Slack message timestamps: "1700000000.000100"
+MONTH_LENGTH = 7  # a billing period or month, "YYYY-MM"
 
 
 def utcnow() -> datetime:
@@ -110,12 +124,24 @@ class QueryStatus(StrEnum):
     EXPIRED = "expired"
 
 
+class QueryPurpose(StrEnum):
+    """Why a Cost Explorer query was started: a `costs` command, or a scheduled digest."""
+
+    CHAT = "chat"
+    DIGEST = "digest"
+
+
 class CostQuery(SQLModel, table=True):
     """A Cost Explorer query started from Slack, polled by the *poll* job until Atlas has it.
 
     `lease_owner`/`lease_until` record which worker has claimed the row for a poll
     (see `storage.cost_queries.claim_due`); a lease that has run out may be taken
     over by another worker.
+
+    A `digest` query belongs to a link (`link_id`, deleted with it) and reports on
+    `digest_month`; its `digest_key` (`digest:{link}:{YYYY-MM}`) is unique, so two
+    replicas can never start the same digest twice. `chat` queries leave all three
+    NULL.
     """
 
     __tablename__ = "cost_query"  # type: ignore[assignment]
@@ -124,6 +150,7 @@ class CostQuery(SQLModel, table=True):
             "status IN ('pending', 'done', 'failed', 'expired')",
             name="status",
         ),
+        CheckConstraint("purpose IN ('chat', 'digest')", name="purpose"),
         # The poll job's query: pending rows by due time.
         Index(None, "status", "next_poll_at"),
     )
@@ -135,7 +162,7 @@ class CostQuery(SQLModel, table=True):
     channel_id: str = Field(max_length=SLACK_ID_LENGTH)
     requested_by: str = Field(max_length=SLACK_ID_LENGTH)
     params: str = Field(sa_type=Text)
-    message_ts: str | None = Field(default=None, max_length=32)
+    message_ts: str | None = Field(default=None, max_length=MESSAGE_TS_LENGTH)
     status: str = Field(default=QueryStatus.PENDING.value, max_length=16)
     attempts: int = Field(default=0)
     next_poll_at: datetime = Field(sa_type=UTCDateTime())
@@ -143,7 +170,18 @@ class CostQuery(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     error: str | None = Field(default=None, sa_type=Text)
     lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime())
-    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_owner: str | None = Field(default=None, max_length=LEASE_OWNER_LENGTH)
+    # Added in 0002; the server default gives rows from before it `chat`.
+    purpose: str = Field(
+        default=QueryPurpose.CHAT.value,
+        max_length=16,
+        sa_column_kwargs={"server_default": QueryPurpose.CHAT.value},
+    )
+    link_id: int | None = Field(
+        default=None, foreign_key="channel_link.id", ondelete="CASCADE", index=True
+    )
+    digest_month: str | None = Field(default=None, sa_type=CHAR(MONTH_LENGTH))
+    digest_key: str | None = Field(default=None, max_length=KEY_LENGTH, unique=True)
 
     def request_body(self) -> dict[str, Any]:
         """The Cost Explorer request body this query was started with."""
@@ -170,3 +208,178 @@ class AuditEntry(SQLModel, table=True):
     def details(self) -> dict[str, Any]:
         """The entry's details, decoded."""
         return json.loads(self.detail)
+
+
+# --- channel settings ------------------------------------------------------------------------
+
+
+class OncallKind(StrEnum):
+    """Who an alert mentions: one Slack user (`<@U…>`) or a user group (`<!subteam^S…>`)."""
+
+    USER = "user"
+    USERGROUP = "usergroup"
+
+
+ONCALL_ID_LENGTH = 32
+
+
+class ChannelConfig(SQLModel, table=True):
+    """Per-channel settings: for now, the on-call target alerts mention (NULL: nobody)."""
+
+    __tablename__ = "channel_config"  # type: ignore[assignment]
+    __table_args__ = (
+        UniqueConstraint("team_id", "channel_id"),
+        CheckConstraint("oncall_kind IN ('user', 'usergroup')", name="oncall_kind"),
+        # A kind needs a target and a target needs a kind.
+        CheckConstraint("(oncall_kind IS NULL) = (oncall_id IS NULL)", name="oncall_target"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_column_args=[Identity()])
+    team_id: str = Field(max_length=SLACK_ID_LENGTH)
+    channel_id: str = Field(max_length=SLACK_ID_LENGTH)
+    oncall_kind: str | None = Field(default=None, max_length=16)
+    oncall_id: str | None = Field(default=None, max_length=ONCALL_ID_LENGTH)
+    updated_by: str = Field(max_length=SLACK_ID_LENGTH)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
+
+
+# --- thresholds and alerts -------------------------------------------------------------------
+
+
+class Threshold(SQLModel, table=True):
+    """A link's monthly spend threshold in cents; alerts fire at 50, 80 and 100 % of it."""
+
+    __tablename__ = "threshold"  # type: ignore[assignment]
+    __table_args__ = (CheckConstraint("amount_cents > 0", name="amount_cents_positive"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_column_args=[Identity()])
+    link_id: int = Field(foreign_key="channel_link.id", ondelete="CASCADE", unique=True)
+    amount_cents: int = Field(sa_type=BigInteger)
+    updated_by: str = Field(max_length=SLACK_ID_LENGTH)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
+
+
+class AlertLevel(StrEnum):
+    """The threshold levels: percentages of the threshold reached, or the forecast crossing it."""
+
+    HALF = "50"
+    EIGHTY = "80"
+    FULL = "100"
+    FORECAST = "forecast"
+
+
+class Alert(SQLModel, table=True):
+    """One threshold level crossed by a link in one billing period (`YYYY-MM`).
+
+    Unique per (link, period, level): of the replicas that notice the same crossing,
+    only the one whose insert wins announces it (through the outbox message
+    `outbox_key`). Acknowledge and snooze clicks are stored on the row.
+    """
+
+    __tablename__ = "alert"  # type: ignore[assignment]
+    __table_args__ = (
+        UniqueConstraint("link_id", "period", "level"),
+        CheckConstraint("level IN ('50', '80', '100', 'forecast')", name="level"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_column_args=[Identity()])
+    link_id: int = Field(foreign_key="channel_link.id", ondelete="CASCADE")
+    team_id: str = Field(max_length=SLACK_ID_LENGTH)
+    channel_id: str = Field(max_length=SLACK_ID_LENGTH)
+    period: str = Field(sa_type=CHAR(MONTH_LENGTH))
+    level: str = Field(max_length=16)
+    amount_cents: int = Field(sa_type=BigInteger)
+    threshold_cents: int = Field(sa_type=BigInteger)
+    forecast_cents: int | None = Field(default=None, sa_type=BigInteger)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
+    acknowledged_by: str | None = Field(default=None, max_length=SLACK_ID_LENGTH)
+    acknowledged_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    snoozed_by: str | None = Field(default=None, max_length=SLACK_ID_LENGTH)
+    snoozed_until: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    outbox_key: str | None = Field(default=None, max_length=KEY_LENGTH)
+
+
+# --- digests ---------------------------------------------------------------------------------
+
+DIGEST_DAYS = (*(str(day) for day in range(1, 32)), "last")
+
+
+class DigestSchedule(SQLModel, table=True):
+    """When a link's monthly digest is posted: day of month (`1`-`31` or `last`), time, zone.
+
+    `next_run_at` is the source of truth for the *digests* job: a replica takes a
+    due run by moving it forward with `storage.schedules.advance`.
+    """
+
+    __tablename__ = "digest_schedule"  # type: ignore[assignment]
+    __table_args__ = (
+        CheckConstraint(
+            "day IN (" + ", ".join(f"'{day}'" for day in DIGEST_DAYS) + ")",
+            name="day",
+        ),
+        CheckConstraint("hour BETWEEN 0 AND 23", name="hour"),
+        CheckConstraint("minute BETWEEN 0 AND 59", name="minute"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_column_args=[Identity()])
+    link_id: int = Field(foreign_key="channel_link.id", ondelete="CASCADE", unique=True)
+    day: str = Field(max_length=4)
+    hour: int
+    minute: int
+    timezone: str = Field(default="UTC", max_length=64)
+    next_run_at: datetime = Field(sa_type=UTCDateTime(), index=True)
+    updated_by: str = Field(max_length=SLACK_ID_LENGTH)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
+
+
+# --- outbox ----------------------------------------------------------------------------------
+
+
+class OutboxStatus(StrEnum):
+    """Life cycle of an outbox message: `pending` until posted (`sent`) or given up (`failed`)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class OutboxMessage(SQLModel, table=True):
+    """A Slack message to post, stored first so that it is posted once, even across restarts.
+
+    `key` names what the message announces (`alert:{link}:{period}:{level}`,
+    `digest:{link}:{YYYY-MM}`); enqueueing the same key again is a no-op.
+    `payload` is the JSON of `chat.postMessage`'s `text`, `blocks` and `metadata`;
+    `attachment` an optional file (a PNG chart) uploaded first, its Slack ID kept in
+    `file_id` so a retry does not upload it again. Claimed with a lease like
+    `CostQuery`; `attempts` counts claims, so `attempts > 1` warns the sender that
+    an earlier attempt may already have posted.
+    """
+
+    __tablename__ = "outbox"  # type: ignore[assignment]
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status"),
+        # The sender's query: pending rows by due time.
+        Index(None, "status", "not_before"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_column_args=[Identity()])
+    key: str = Field(max_length=KEY_LENGTH, unique=True)
+    team_id: str = Field(max_length=SLACK_ID_LENGTH)
+    channel_id: str = Field(max_length=SLACK_ID_LENGTH)
+    payload: str = Field(sa_type=Text)
+    attachment: bytes | None = Field(default=None, sa_type=LargeBinary)
+    attachment_name: str | None = Field(default=None, max_length=255)
+    file_id: str | None = Field(default=None, max_length=SLACK_ID_LENGTH)
+    status: str = Field(default=OutboxStatus.PENDING.value, max_length=16)
+    attempts: int = Field(default=0)
+    not_before: datetime = Field(sa_type=UTCDateTime())
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    lease_owner: str | None = Field(default=None, max_length=LEASE_OWNER_LENGTH)
+    message_ts: str | None = Field(default=None, max_length=MESSAGE_TS_LENGTH)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    last_error: str | None = Field(default=None, sa_type=Text)
+
+    def message(self) -> dict[str, Any]:
+        """The payload, decoded: `text`, `blocks`, `metadata` as given to `enqueue`."""
+        return json.loads(self.payload)

@@ -30,11 +30,11 @@ from bot.atlas import AtlasClient
 from bot.config import Settings
 from bot.credentials import atlas_client
 from bot.deps import Deps, slack_client
-from bot.jobs import build_scheduler
+from bot.jobs import JOBS, build_scheduler
 from bot.localserver import LocalServer
 from bot.render.terminal import mrkdwn_to_text
 from bot.shell.terminal_slack import SHELL_CHANNEL, SHELL_TEAM, SHELL_USER, TerminalSlack
-from storage import Database, cost_queries, links
+from storage import Database, cost_queries, links, outbox
 
 PROMPT = "atlas-billing> "
 DRAIN_SECONDS = 120.0
@@ -149,8 +149,11 @@ class Shell:
         }
         return AsyncBoltRequest(body=body, headers=headers)
 
-    async def dispatch(self, app: AsyncApp, line: str) -> None:
+    async def dispatch(self, app: AsyncApp, line: str, deps: Deps) -> None:
         text = line.strip()
+        if text.startswith("jobs run"):
+            await self.run_job(deps, text.removeprefix("jobs run").strip())
+            return
         if text.startswith("/atlas-billing"):
             text = text[len("/atlas-billing") :]
         elif text.startswith("/"):
@@ -164,6 +167,16 @@ class Shell:
                 reply = response.body
             self._echo(f"── only visible to you\n{mrkdwn_to_text(reply)}\n")
 
+    async def run_job(self, deps: Deps, name: str) -> None:
+        """``jobs run NAME`` typed in the shell: one tick now, then the outbox, so posts show."""
+        if name not in JOBS:
+            self._echo(f"Jobs: {', '.join(JOBS)}\n")
+            return
+        report = await JOBS[name](deps)
+        if name != "outbox":
+            await JOBS["outbox"](deps)
+        self._echo(f"── job {name}: {report}\n")
+
 
 async def _read_line(stream: TextIO, prompt: str | None) -> str:
     if prompt:
@@ -173,9 +186,9 @@ async def _read_line(stream: TextIO, prompt: str | None) -> str:
 
 
 async def _drain(deps: Deps, echo: Callable[[str], None]) -> None:
-    """At the end of scripted input, wait (bounded) for this session's Cost Explorer queries."""
+    """At the end of scripted input, wait (bounded) for pending queries and queued posts."""
     deadline = time.monotonic() + DRAIN_SECONDS
-    while await deps.db.run(cost_queries.pending_count):
+    while await deps.db.run(cost_queries.pending_count) or await deps.db.run(outbox.pending_count):
         if time.monotonic() > deadline:
             echo("Some Cost Explorer queries are still running; their results are not shown.\n")
             return
@@ -192,7 +205,7 @@ async def run(
         scheduler.start()
         interactive = stdin.isatty()
         if interactive:
-            echo("Type /atlas-billing help, or exit to leave.\n")
+            echo("Type /atlas-billing help, jobs run thresholds|digests|poll|outbox, or exit.\n")
         try:
             while True:
                 line = await _read_line(stdin, PROMPT if interactive else None)
@@ -201,7 +214,7 @@ async def run(
                 if line.strip() in ("exit", "quit"):
                     break
                 if line.strip():
-                    await shell.dispatch(app, line)
+                    await shell.dispatch(app, line, deps)
             if not interactive:
                 await _drain(deps, echo)
         finally:

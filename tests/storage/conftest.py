@@ -8,6 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
+from storage import links
+from storage.db import Database
+from storage.models import ChannelLink
+
 
 def wait_until(condition: Callable[[], bool], *, timeout: float = 10.0, what: str = "") -> None:
     """Poll `condition` until it holds; fail the test after `timeout` seconds."""
@@ -40,3 +44,18 @@ def run_together(n: int, fn: Callable[[int], object]) -> list[object]:
     if errors:
         raise errors[0]
     return results
+
+
+ORG_A = "5f1a2b3c4d5e6f7a8b9c0d1e"
+ORG_B = "60aa00000000000000000001"
+
+
+def make_link(
+    db: Database, *, org_id: str = ORG_A, team_id: str = "T1", channel_id: str = "C1"
+) -> ChannelLink:
+    """A stored channel link (through `links.add_link`), committed."""
+    with db.session() as session:
+        link, _ = links.add_link(
+            session, team_id=team_id, channel_id=channel_id, org_id=org_id, created_by="U1"
+        )
+    return link

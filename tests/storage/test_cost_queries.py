@@ -6,12 +6,14 @@ from datetime import UTC, datetime, timedelta
 from itertools import count
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from storage import cost_queries
+from storage import audit, cost_queries
 from storage.db import Database
-from storage.models import CostQuery, QueryStatus
-from tests.storage.conftest import run_together
+from storage.errors import AlreadyExists, StorageError
+from storage.models import CostQuery, QueryPurpose, QueryStatus
+from tests.storage.conftest import make_link, run_together
 
 ORG = "5f1a2b3c4d5e6f7a8b9c0d1e"
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -224,3 +226,119 @@ def test_concurrent_finishes_record_one_result(db: Database) -> None:
             return cost_queries.finish(session, id=query.id, owner="w1", status="done")
 
     assert sorted(run_together(4, finish)) == [False, False, False, True]
+
+
+# --- digest queries ---------------------------------------------------------------------------
+
+
+def test_chat_queries_have_no_digest_fields(db: Database) -> None:
+    stored = load(db, add(db).id)
+    assert (stored.purpose, stored.link_id, stored.digest_month, stored.digest_key) == (
+        QueryPurpose.CHAT,
+        None,
+        None,
+        None,
+    )
+
+
+def test_digest_query_fields_are_stored(db: Database) -> None:
+    link = make_link(db)
+    key = f"digest:{link.id}:2025-05"
+    query = add(db, purpose="digest", link_id=link.id, digest_month="2025-05", digest_key=key)
+
+    stored = load(db, query.id)
+    assert (stored.purpose, stored.link_id, stored.digest_month, stored.digest_key) == (
+        "digest",
+        link.id,
+        "2025-05",
+        key,
+    )
+    with db.session() as session:
+        assert cost_queries.digest_query(session, digest_key=key).id == query.id
+        assert cost_queries.digest_query(session, digest_key="digest:0:2025-05") is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"purpose": "report"},
+        {"digest_month": "2025-5"},
+        {"digest_month": "2025-00"},
+        {"digest_key": ""},
+        {"digest_key": "d" * 161},
+    ],
+)
+def test_digest_fields_are_checked(db: Database, fields: dict) -> None:
+    with pytest.raises(ValueError):
+        add(db, **fields)
+
+
+def test_a_duplicate_digest_key_raises_already_exists_and_keeps_the_transaction(
+    db: Database,
+) -> None:
+    link = make_link(db)
+    key = f"digest:{link.id}:2025-05"
+    digest = {"purpose": "digest", "link_id": link.id, "digest_month": "2025-05"}
+    first = add(db, digest_key=key, **digest)
+
+    with db.session() as session:
+        audit.record(session, team_id="T1", channel_id="C1", user_id="U1", action="digest")
+        with pytest.raises(AlreadyExists) as info:
+            cost_queries.add_query(
+                session,
+                token="f" * 64,
+                org_id=ORG,
+                team_id="T1",
+                channel_id="C1",
+                requested_by="U1",
+                params={},
+                next_poll_at=T0,
+                digest_key=key,
+                **digest,
+            )
+        # The caller's transaction goes on: its earlier and later writes are committed.
+        later = cost_queries.add_query(
+            session,
+            token="e" * 64,
+            org_id=ORG,
+            team_id="T1",
+            channel_id="C1",
+            requested_by="U1",
+            params={},
+            next_poll_at=T0,
+        )
+    assert isinstance(info.value, StorageError) and info.value.key == key
+    assert key in str(info.value)
+
+    with db.session() as session:
+        assert [e.action for e in audit.entries(session)] == ["digest"]
+        assert cost_queries.digest_query(session, digest_key=key).id == first.id
+        assert cost_queries.get_query(session, id=later.id) is not None
+        assert cost_queries.pending_count(session) == 2
+
+
+def test_concurrent_starts_of_the_same_digest_store_one_query(db: Database) -> None:
+    link = make_link(db)
+    key = f"digest:{link.id}:2025-05"
+
+    def start(i: int) -> str:
+        try:
+            add(db, purpose="digest", link_id=link.id, digest_month="2025-05", digest_key=key)
+        except AlreadyExists:
+            return "exists"
+        return "started"
+
+    assert sorted(run_together(4, start)) == ["exists", "exists", "exists", "started"]
+    with db.session() as session:
+        assert cost_queries.pending_count(session) == 1
+
+
+def test_the_database_checks_the_purpose(db: Database) -> None:
+    add(db)
+    with pytest.raises(IntegrityError), db.session() as session:
+        session.exec(text("UPDATE cost_query SET purpose = 'report'"))
+
+
+def test_a_digest_query_needs_an_existing_link(db: Database) -> None:
+    with pytest.raises(IntegrityError):
+        add(db, purpose="digest", link_id=9999, digest_month="2025-05", digest_key="digest:x")

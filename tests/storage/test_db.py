@@ -27,7 +27,16 @@ from storage.revision import next_revision_id
 from tests.storage.conftest import run_together, wait_until
 
 ORG = "5f1a2b3c4d5e6f7a8b9c0d1e"
-TABLES = {"channel_link", "cost_query", "audit_entry"}
+TABLES = {
+    "channel_link",
+    "cost_query",
+    "audit_entry",
+    "channel_config",
+    "threshold",
+    "digest_schedule",
+    "alert",
+    "outbox",
+}
 
 
 def head_revision() -> str:

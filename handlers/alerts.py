@@ -1,0 +1,59 @@
+"""The Acknowledge and Snooze buttons of threshold alerts: record the click, update the alert."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from slack_bolt.async_app import AsyncApp
+
+from bot.deps import Deps
+from bot.render.alerts import ACK_ACTION, SNOOZE_ACTION, acknowledged_message, snoozed_message
+from storage import alerts
+
+log = logging.getLogger(__name__)
+
+SNOOZE_FOR = timedelta(hours=24)
+
+
+def _alert_id(action: dict) -> int | None:
+    value = str(action.get("value", ""))
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
+
+
+def register(app: AsyncApp, deps: Deps) -> None:
+    async def click(ack, body: dict, action: dict, respond, *, snooze: bool) -> None:
+        await ack()
+        alert_id = _alert_id(action)
+        user_id = (body.get("user") or {}).get("id", "")
+        channel_id = (body.get("channel") or {}).get("id", "")
+        message = body.get("message") or {}
+        alert = await deps.db.run(alerts.get_alert, id=alert_id) if alert_id is not None else None
+        if alert is None or alert.channel_id != channel_id or not message.get("ts"):
+            await respond(
+                text="This alert is not known here any more.",
+                response_type="ephemeral",
+                replace_original=False,
+            )
+            return
+        now = deps.clock()
+        if snooze:
+            until = now + SNOOZE_FOR
+            await deps.db.run(alerts.snooze, id=alert.id, user_id=user_id, until=until)
+            updated = snoozed_message(message.get("blocks") or [], user_id=user_id, until=until)
+        else:
+            first = await deps.db.run(alerts.acknowledge, id=alert.id, user_id=user_id, now=now)
+            if not first:
+                alert = await deps.db.run(alerts.get_alert, id=alert.id)
+                user_id, now = alert.acknowledged_by or user_id, alert.acknowledged_at or now
+            updated = acknowledged_message(message.get("blocks") or [], user_id=user_id, at=now)
+        await deps.slack.chat_update(channel=channel_id, ts=message["ts"], **updated.kwargs())
+
+    async def on_acknowledge(ack, body, action, respond) -> None:
+        await click(ack, body, action, respond, snooze=False)
+
+    async def on_snooze(ack, body, action, respond) -> None:
+        await click(ack, body, action, respond, snooze=True)
+
+    app.action(ACK_ACTION)(on_acknowledge)
+    app.action(SNOOZE_ACTION)(on_snooze)

@@ -1,0 +1,255 @@
+"""The outbox: Slack messages stored before they are posted, so each is posted once.
+
+Producers `enqueue` a message under a key naming what it announces
+(`alert:{link}:{period}:{level}`, `digest:{link}:{YYYY-MM}`); enqueueing a key
+twice, even from two replicas at once, keeps the first message. The *outbox*
+job on every replica then does, each step in its own transaction:
+
+1. `claim_due(now=..., owner=me, lease_seconds=..., limit=...)` leases due
+   messages to this worker and counts the attempt. `attempts > 1` means an
+   earlier attempt may already have posted (it crashed or its lease ran out
+   before `mark_sent`): look for the message in the channel before posting again.
+2. Upload the attachment, if any, and `set_file(...)` so a retry does not upload
+   it again; post the message.
+3. `mark_sent(...)`; or `retry_later(...)` (transient error: releases the lease
+   until `not_before`); or `mark_failed(...)` (give up). Each returns False, and
+   changes nothing, if this worker no longer holds the lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, or_, update
+from sqlmodel import Session, col, select
+
+from storage._sql import insert
+from storage.models import KEY_LENGTH, OutboxMessage, OutboxStatus, to_json, utcnow
+
+__all__ = [
+    "claim_due",
+    "enqueue",
+    "get_message",
+    "mark_failed",
+    "mark_sent",
+    "pending_count",
+    "retry_later",
+    "set_file",
+]
+
+
+def enqueue(
+    session: Session,
+    *,
+    key: str,
+    team_id: str,
+    channel_id: str,
+    payload: Mapping[str, Any],
+    attachment: bytes | None = None,
+    attachment_name: str | None = None,
+    not_before: datetime | None = None,
+    now: datetime | None = None,
+) -> tuple[OutboxMessage, bool]:
+    """Store a message to post; returns it and whether this call stored it.
+
+    `payload` holds `chat.postMessage`'s `text`, `blocks` and `metadata` (stored as
+    JSON); `attachment` an optional file (a PNG) to upload with it. The message is
+    due at `not_before` (default: `now`). Idempotent by `key`: if a message with
+    that key exists (or another transaction stores one at the same moment), that
+    message is returned with False and this one is dropped.
+    """
+    if not 0 < len(key) <= KEY_LENGTH:
+        raise ValueError(f"outbox key must be 1-{KEY_LENGTH} characters: {key!r}")
+    if attachment is not None and not attachment_name:
+        raise ValueError("an attachment needs an attachment_name")
+    now = now or utcnow()
+    statement = (
+        insert(session, OutboxMessage)
+        .values(
+            key=key,
+            team_id=team_id,
+            channel_id=channel_id,
+            payload=to_json(dict(payload)),
+            attachment=attachment,
+            attachment_name=attachment_name,
+            status=OutboxStatus.PENDING.value,
+            attempts=0,
+            not_before=not_before or now,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["key"])
+        .returning(col(OutboxMessage.id))
+    )
+    message_id = session.exec(statement).scalar_one_or_none()
+    if message_id is not None:
+        message = session.get(OutboxMessage, message_id)
+        created = True
+    else:
+        # Lost to an existing row: on PostgreSQL the insert waited for the other
+        # transaction to commit it, so this read (a new snapshot) sees it.
+        message = get_message(session, key=key)
+        created = False
+    assert message is not None
+    return message, created
+
+
+def get_message(session: Session, *, key: str) -> OutboxMessage | None:
+    """The message stored under `key`, or None."""
+    return session.exec(select(OutboxMessage).where(OutboxMessage.key == key)).first()
+
+
+def _lease_free(now: datetime) -> ColumnElement[bool]:
+    return or_(col(OutboxMessage.lease_until).is_(None), col(OutboxMessage.lease_until) < now)
+
+
+def _due(now: datetime) -> ColumnElement[bool]:
+    return and_(
+        col(OutboxMessage.status) == OutboxStatus.PENDING.value,
+        col(OutboxMessage.not_before) <= now,
+        _lease_free(now),
+    )
+
+
+def claim_due(
+    session: Session, *, now: datetime, owner: str, lease_seconds: float, limit: int
+) -> list[OutboxMessage]:
+    """Lease up to `limit` pending messages due at `now` to `owner`, oldest first.
+
+    Each claimed row's `attempts` goes up by one. Concurrent callers never get the
+    same row while its lease lasts: on PostgreSQL the rows stay locked
+    (`FOR UPDATE SKIP LOCKED`) until the caller commits, on SQLite each row is taken
+    with a conditional UPDATE whose row count says whether this caller won it (the
+    same technique as `storage.cost_queries.claim_due`).
+    """
+    lease_until = now + timedelta(seconds=lease_seconds)
+    order = (col(OutboxMessage.not_before), col(OutboxMessage.id))
+    if session.get_bind().dialect.name == "postgresql":
+        rows = list(
+            session.exec(
+                select(OutboxMessage)
+                .where(_due(now))
+                .order_by(*order)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        for row in rows:
+            row.lease_owner = owner
+            row.lease_until = lease_until
+            row.attempts += 1
+        session.flush()
+        return rows
+
+    candidates = session.exec(
+        select(OutboxMessage.id).where(_due(now)).order_by(*order).limit(limit)
+    )
+    won: list[int] = []
+    for message_id in list(candidates):
+        result = session.exec(
+            update(OutboxMessage)
+            .where(
+                col(OutboxMessage.id) == message_id,
+                col(OutboxMessage.status) == OutboxStatus.PENDING.value,
+                _lease_free(now),
+            )
+            .values(
+                lease_owner=owner,
+                lease_until=lease_until,
+                attempts=col(OutboxMessage.attempts) + 1,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            won.append(message_id)
+    if not won:
+        return []
+    return list(
+        session.exec(
+            select(OutboxMessage)
+            .where(col(OutboxMessage.id).in_(won))
+            .order_by(*order)
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+def _held(id: int, owner: str) -> ColumnElement[bool]:
+    return and_(
+        col(OutboxMessage.id) == id,
+        col(OutboxMessage.status) == OutboxStatus.PENDING.value,
+        col(OutboxMessage.lease_owner) == owner,
+    )
+
+
+def _update_held(session: Session, id: int, owner: str, **values: Any) -> bool:
+    result = session.exec(
+        update(OutboxMessage)
+        .where(_held(id, owner))
+        .values(**values)
+        .execution_options(synchronize_session="fetch")
+    )
+    return result.rowcount == 1
+
+
+def set_file(session: Session, *, id: int, owner: str, file_id: str) -> bool:
+    """Remember the uploaded attachment's Slack file ID; False unless `owner` holds the lease."""
+    return _update_held(session, id, owner, file_id=file_id)
+
+
+def mark_sent(
+    session: Session, *, id: int, owner: str, message_ts: str, now: datetime | None = None
+) -> bool:
+    """Record the posted message's `ts`; True only while pending and leased by `owner`."""
+    return _update_held(
+        session,
+        id,
+        owner,
+        status=OutboxStatus.SENT.value,
+        message_ts=message_ts,
+        sent_at=now or utcnow(),
+        lease_owner=None,
+        lease_until=None,
+    )
+
+
+def retry_later(session: Session, *, id: int, owner: str, not_before: datetime, error: str) -> bool:
+    """Not posted this time: release the lease until `not_before`, keeping `error`."""
+    return _update_held(
+        session,
+        id,
+        owner,
+        not_before=not_before,
+        last_error=error,
+        lease_owner=None,
+        lease_until=None,
+    )
+
+
+def mark_failed(
+    session: Session, *, id: int, owner: str, error: str, now: datetime | None = None
+) -> bool:
+    """Give up on the message (it stays stored with `error`); True only for the lease holder.
+
+    `now` is accepted for symmetry with `mark_sent`; a failed message keeps
+    `sent_at` NULL.
+    """
+    return _update_held(
+        session,
+        id,
+        owner,
+        status=OutboxStatus.FAILED.value,
+        last_error=error,
+        lease_owner=None,
+        lease_until=None,
+    )
+
+
+def pending_count(session: Session) -> int:
+    """How many messages are still waiting to be posted."""
+    return session.exec(
+        select(func.count())
+        .select_from(OutboxMessage)
+        .where(col(OutboxMessage.status) == OutboxStatus.PENDING.value)
+    ).one()
