@@ -139,8 +139,9 @@ class FakeSlack:
             self._errors: list[str] = []
             self._users: dict[str, dict[str, Any]] = {}
             self._channels: dict[str, dict[str, Any]] = {}
-            # Slack timestamps as integer microseconds, so each one is unique and later.
-            self._clock = 1_700_000_000_000_000
+            # Slack timestamps as integer microseconds, so each one is unique and later; they
+            # start at the wall clock, as Slack's do, so `oldest=` filters behave as for real.
+            self._clock = time.time_ns() // 1000
             self.add_user("U_ADMIN", is_admin=True, name="admin")
             self.add_user("U_OWNER", is_owner=True, name="owner")
             self.add_user("U_MEMBER", name="member")
