@@ -282,6 +282,8 @@ def jobs_run(
     if name not in JOBS:
         raise CliError(f"unknown job {name!r}; jobs: {', '.join(JOBS)}", 2)
     settings = _settings()
+    if name in ("poll", "outbox") and not settings.SLACK_BOT_TOKEN:
+        raise CliError(f"SLACK_BOT_TOKEN: must be set to run the {name} job (it posts to Slack)", 2)
 
     async def go() -> object:
         deps = build_deps(settings)

@@ -40,18 +40,17 @@ log = logging.getLogger(__name__)
 EVENT_TYPE = "atlas_billing_post"
 LEASE_SECONDS = 120.0
 MAX_ATTEMPTS = 12
+# Refusals that retrying cannot cure for this message. Auth errors are not among them: a
+# revoked or mistyped token is fixed by the operators, and the message must survive until then.
 PERMANENT = frozenset(
     {
         "channel_not_found",
         "not_in_channel",
         "is_archived",
-        "invalid_auth",
-        "account_inactive",
-        "token_revoked",
-        "no_permission",
-        "missing_scope",
         "msg_too_long",
         "invalid_blocks",
+        "no_text",
+        "restricted_action",
     }
 )
 

@@ -194,3 +194,18 @@ async def test_a_slack_outage_is_retried_later(bot, org):
     assert (await outbox_job.deliver_due(replica)).sent == 1
     assert len(bot.fake.calls_to("chat.postMessage")) == 1
     await replica.atlas.aclose()
+
+
+async def test_an_auth_error_keeps_the_post_for_later(bot, org):
+    """A revoked token is the operators' to fix; the alert must still go out afterwards."""
+    bot.link(org.id)
+    replica, clock = replica_with_clock(bot)
+    with bot.db.session() as session:
+        outbox.enqueue(
+            session, key="k", team_id="T1", channel_id=CHANNEL, payload={"text": "x"}, now=clock()
+        )
+    bot.fake.fail_next("chat.postMessage", error="invalid_auth")
+    assert (await outbox_job.deliver_due(replica)).retried == 1
+    clock.advance(minutes=15)
+    assert (await outbox_job.deliver_due(replica)).sent == 1
+    await replica.atlas.aclose()
