@@ -15,6 +15,7 @@ def test_manifest_declares_the_command_scopes_and_interactivity():
     assert command["url"].endswith("/slack/events")
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     assert {"commands", "chat:write", "files:write", "users:read"} <= scopes
+    assert {"channels:history", "groups:history"} <= scopes  # the outbox's duplicate check
     assert "files:read" not in scopes  # least privilege: the bot never reads files
     interactivity = manifest["settings"]["interactivity"]
     assert interactivity["is_enabled"] is True
