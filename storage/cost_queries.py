@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, update
+from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from storage import _sql
 from storage.errors import AlreadyExists
 from storage.models import (
     KEY_LENGTH,
@@ -132,71 +133,23 @@ def set_message(session: Session, *, id: int, message_ts: str) -> bool:
     return result.rowcount == 1
 
 
-def _due(now: datetime) -> ColumnElement[bool]:
-    return and_(
-        col(CostQuery.status) == QueryStatus.PENDING.value,
-        col(CostQuery.next_poll_at) <= now,
-        _lease_free(now),
-    )
-
-
-def _lease_free(now: datetime) -> ColumnElement[bool]:
-    return or_(col(CostQuery.lease_until).is_(None), col(CostQuery.lease_until) < now)
-
-
 def claim_due(
     session: Session, *, now: datetime, owner: str, lease_seconds: float, limit: int
 ) -> list[CostQuery]:
     """Lease up to `limit` pending queries whose poll time has come to `owner`.
 
     Rows already leased (and not yet expired) are skipped, so concurrent callers
-    never receive the same row. The lease takes effect when the caller commits;
-    on PostgreSQL the rows stay locked (`FOR UPDATE SKIP LOCKED`) until then, on
-    SQLite each row is taken with a conditional UPDATE whose row count says
-    whether this caller won it.
+    never receive the same row; see `storage._sql.claim` for how.
     """
-    lease_until = now + timedelta(seconds=lease_seconds)
-    order = (col(CostQuery.next_poll_at), col(CostQuery.id))
-    if session.get_bind().dialect.name == "postgresql":
-        rows = list(
-            session.exec(
-                select(CostQuery)
-                .where(_due(now))
-                .order_by(*order)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        )
-        for row in rows:
-            row.lease_owner = owner
-            row.lease_until = lease_until
-        session.flush()
-        return rows
-
-    candidates = session.exec(select(CostQuery.id).where(_due(now)).order_by(*order).limit(limit))
-    won: list[int] = []
-    for query_id in list(candidates):
-        result = session.exec(
-            update(CostQuery)
-            .where(
-                col(CostQuery.id) == query_id,
-                col(CostQuery.status) == QueryStatus.PENDING.value,
-                _lease_free(now),
-            )
-            .values(lease_owner=owner, lease_until=lease_until)
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount == 1:
-            won.append(query_id)
-    if not won:
-        return []
-    return list(
-        session.exec(
-            select(CostQuery)
-            .where(col(CostQuery.id).in_(won))
-            .order_by(*order)
-            .execution_options(populate_existing=True)
-        )
+    return _sql.claim(
+        session,
+        CostQuery,
+        due=col(CostQuery.next_poll_at) <= now,
+        order=(col(CostQuery.next_poll_at), col(CostQuery.id)),
+        now=now,
+        owner=owner,
+        lease_seconds=lease_seconds,
+        limit=limit,
     )
 
 

@@ -19,12 +19,13 @@ job on every replica then does, each step in its own transaction:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, update
+from sqlalchemy import ColumnElement, and_, func, update
 from sqlmodel import Session, col, select
 
+from storage import _sql
 from storage._sql import insert
 from storage.models import KEY_LENGTH, OutboxMessage, OutboxStatus, to_json, utcnow
 
@@ -100,78 +101,25 @@ def get_message(session: Session, *, key: str) -> OutboxMessage | None:
     return session.exec(select(OutboxMessage).where(OutboxMessage.key == key)).first()
 
 
-def _lease_free(now: datetime) -> ColumnElement[bool]:
-    return or_(col(OutboxMessage.lease_until).is_(None), col(OutboxMessage.lease_until) < now)
-
-
-def _due(now: datetime) -> ColumnElement[bool]:
-    return and_(
-        col(OutboxMessage.status) == OutboxStatus.PENDING.value,
-        col(OutboxMessage.not_before) <= now,
-        _lease_free(now),
-    )
-
-
 def claim_due(
     session: Session, *, now: datetime, owner: str, lease_seconds: float, limit: int
 ) -> list[OutboxMessage]:
     """Lease up to `limit` pending messages due at `now` to `owner`, oldest first.
 
-    Each claimed row's `attempts` goes up by one. Concurrent callers never get the
-    same row while its lease lasts: on PostgreSQL the rows stay locked
-    (`FOR UPDATE SKIP LOCKED`) until the caller commits, on SQLite each row is taken
-    with a conditional UPDATE whose row count says whether this caller won it (the
-    same technique as `storage.cost_queries.claim_due`).
+    Each claimed row's `attempts` goes up by one, so `attempts > 1` tells the
+    sender an earlier attempt may already have posted. Concurrent callers never
+    get the same row while its lease lasts (see `storage._sql.claim`).
     """
-    lease_until = now + timedelta(seconds=lease_seconds)
-    order = (col(OutboxMessage.not_before), col(OutboxMessage.id))
-    if session.get_bind().dialect.name == "postgresql":
-        rows = list(
-            session.exec(
-                select(OutboxMessage)
-                .where(_due(now))
-                .order_by(*order)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        )
-        for row in rows:
-            row.lease_owner = owner
-            row.lease_until = lease_until
-            row.attempts += 1
-        session.flush()
-        return rows
-
-    candidates = session.exec(
-        select(OutboxMessage.id).where(_due(now)).order_by(*order).limit(limit)
-    )
-    won: list[int] = []
-    for message_id in list(candidates):
-        result = session.exec(
-            update(OutboxMessage)
-            .where(
-                col(OutboxMessage.id) == message_id,
-                col(OutboxMessage.status) == OutboxStatus.PENDING.value,
-                _lease_free(now),
-            )
-            .values(
-                lease_owner=owner,
-                lease_until=lease_until,
-                attempts=col(OutboxMessage.attempts) + 1,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount == 1:
-            won.append(message_id)
-    if not won:
-        return []
-    return list(
-        session.exec(
-            select(OutboxMessage)
-            .where(col(OutboxMessage.id).in_(won))
-            .order_by(*order)
-            .execution_options(populate_existing=True)
-        )
+    return _sql.claim(
+        session,
+        OutboxMessage,
+        due=col(OutboxMessage.not_before) <= now,
+        order=(col(OutboxMessage.not_before), col(OutboxMessage.id)),
+        now=now,
+        owner=owner,
+        lease_seconds=lease_seconds,
+        limit=limit,
+        count_attempt=True,
     )
 
 
