@@ -24,9 +24,10 @@ from sqlmodel import Session
 from bot import billing
 from bot.atlas import AtlasError, CostQuery, CostResult
 from bot.deps import Deps
+from bot.months import add_months
 from bot.render.chart import digest_chart_png
 from bot.render.digest import digest_message, summarise_digest
-from bot.schedule import add_months, next_run, reported_month
+from bot.schedule import next_run, reported_month
 from storage import cost_queries, outbox, schedules
 from storage.errors import AlreadyExists
 from storage.models import ChannelLink, DigestSchedule

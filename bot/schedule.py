@@ -15,6 +15,8 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 
+from bot.months import add_months
+
 DEFAULT_DAY = "1"
 DEFAULT_TIME = time(9, 0)
 
@@ -44,15 +46,6 @@ def next_run(day: str, hour: int, minute: int, *, after: datetime, tz: str = "UT
     return fire
 
 
-def month_start(moment: date | datetime) -> date:
-    return date(moment.year, moment.month, 1)
-
-
-def add_months(day: date, months: int) -> date:
-    index = day.year * 12 + day.month - 1 + months
-    return date(index // 12, index % 12 + 1, 1)
-
-
 def reported_month(run_at: datetime) -> date:
     """A digest that runs in a month reports on the full month before it."""
-    return add_months(month_start(run_at), -1)
+    return add_months(run_at, -1)

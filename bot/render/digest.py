@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from slack_sdk.models.blocks import (
@@ -24,6 +24,7 @@ from slack_sdk.models.blocks import (
 
 from bot.atlas import CostResult, CostRow
 from bot.money import dollars_to_cents, format_cents
+from bot.months import add_months, first_of_month
 from bot.render.blocks import TOP, Message, _finish, _md, escape
 
 FIELD_TEXT_LIMIT = 2000  # Slack's limit for one section field
@@ -53,16 +54,12 @@ def month_name(month: date, *, year: bool = True) -> str:
     return f"{name} {month.year}" if year else name
 
 
-def first_of_month(day: date) -> date:
-    return day.replace(day=1)
-
-
 def month_before(month: date) -> date:
-    return first_of_month(first_of_month(month) - timedelta(days=1))
+    return add_months(month, -1)
 
 
 def month_after(month: date) -> date:
-    return first_of_month(first_of_month(month) + timedelta(days=32))
+    return add_months(month, 1)
 
 
 def change_percent(cents: int, previous_cents: int) -> Decimal | None:

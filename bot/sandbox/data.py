@@ -14,6 +14,8 @@ from datetime import UTC, date, datetime, timedelta
 from functools import cached_property, lru_cache
 from typing import Any
 
+from bot.months import add_months, first_of_month
+
 CLOSED_MONTHS = 6
 HUGE_LINE_ITEMS = 200_000
 SMALL_ORG_NAMES = ("Acme Production", "Acme Staging", "Globex")
@@ -135,16 +137,6 @@ def _div_half_even(numerator: int, denominator: int) -> int:
     if remainder * 2 > denominator or (remainder * 2 == denominator and quotient % 2):
         quotient += 1
     return quotient
-
-
-def first_of_month(day: date) -> date:
-    return day.replace(day=1)
-
-
-def add_months(day: date, months: int) -> date:
-    """The first of the month ``months`` after (or before) ``day``'s month."""
-    index = day.year * 12 + day.month - 1 + months
-    return date(index // 12, index % 12 + 1, 1)
 
 
 def cents_text(cents: int) -> str:

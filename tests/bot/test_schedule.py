@@ -4,7 +4,8 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from bot.schedule import add_months, next_run, reported_month
+from bot.months import add_months
+from bot.schedule import next_run, reported_month
 
 
 def at(*args) -> datetime:

@@ -17,8 +17,9 @@ from decimal import Decimal
 import httpx
 import pytest
 
+from bot.months import add_months
 from bot.sandbox import OAUTH_TOKEN, Fault, SandboxServer
-from bot.sandbox.data import HUGE_LINE_ITEMS, add_months
+from bot.sandbox.data import HUGE_LINE_ITEMS
 from tests.contract import ContractError, contract_hooks, validate_request, validate_response
 
 JSON = "application/vnd.atlas.2023-01-01+json"
