@@ -8,6 +8,7 @@ runs one tick now.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,23 +43,67 @@ async def run_job(deps: Deps, name: str) -> Any:
     """One tick of one job; failures are logged, never raised into the scheduler."""
     try:
         return await JOBS[name](deps)
+    except asyncio.CancelledError:
+        # Stopping: whatever this tick had claimed is leased and will be taken up again.
+        log.info("job %s was cancelled while stopping", name)
+        return None
     except Exception:
         log.exception("job %s failed; it runs again at its next tick", name)
         return None
 
 
+class Jobs:
+    """The ``AsyncIOScheduler`` with one interval job per entry of ``JOBS``, and its runs in flight.
+
+    ``stop`` lets the running ticks finish (bounded) before the caller closes the
+    clients they use, so a stop in the middle of a post neither logs a traceback
+    nor leaves a lease to run out.
+    """
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self._running: set[asyncio.Task[Any]] = set()
+        for name in JOBS:
+            self.scheduler.add_job(
+                self._tick,
+                "interval",
+                seconds=interval_seconds(deps, name),
+                args=(name,),
+                id=name,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+
+    @property
+    def running(self) -> bool:
+        return bool(self.scheduler.running)
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    async def _tick(self, name: str) -> Any:
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            return await run_job(self.deps, name)
+        finally:
+            if task is not None:
+                self._running.discard(task)
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        if self._running:
+            _, late = await asyncio.wait(set(self._running), timeout=timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=2)
+
+
 def build_scheduler(deps: Deps) -> AsyncIOScheduler:
-    """An ``AsyncIOScheduler`` with one interval job per entry of ``JOBS`` (not started)."""
-    scheduler = AsyncIOScheduler(timezone="UTC")
-    for name in JOBS:
-        scheduler.add_job(
-            run_job,
-            "interval",
-            seconds=interval_seconds(deps, name),
-            args=(deps, name),
-            id=name,
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-        )
-    return scheduler
+    """The bare scheduler of a ``Jobs`` (for callers that stop it themselves)."""
+    return Jobs(deps).scheduler

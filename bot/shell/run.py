@@ -30,7 +30,7 @@ from bot.atlas import AtlasClient
 from bot.config import Settings
 from bot.credentials import atlas_client
 from bot.deps import Deps, slack_client
-from bot.jobs import JOBS, build_scheduler
+from bot.jobs import JOBS, Jobs
 from bot.localserver import LocalServer
 from bot.render.terminal import mrkdwn_to_text
 from bot.shell.terminal_slack import SHELL_CHANNEL, SHELL_TEAM, SHELL_USER, TerminalSlack
@@ -201,8 +201,8 @@ async def run(
     shell = Shell(settings, org_id=org_id, echo=echo)
     try:
         deps, app = shell.build()
-        scheduler = build_scheduler(deps)
-        scheduler.start()
+        jobs = Jobs(deps)
+        jobs.start()
         interactive = stdin.isatty()
         if interactive:
             echo("Type /atlas-billing help, jobs run thresholds|digests|poll|outbox, or exit.\n")
@@ -218,7 +218,7 @@ async def run(
             if not interactive:
                 await _drain(deps, echo)
         finally:
-            scheduler.shutdown(wait=False)
+            await jobs.stop()
             await deps.aclose()
     finally:
         shell.close()

@@ -68,6 +68,12 @@ class _Fault:
     times: int
 
 
+@dataclass
+class _Delay:
+    seconds: float
+    times: int | None
+
+
 class FakeSlack:
     """The Slack Web API on 127.0.0.1, port 0; start with `with FakeSlack() as fake:`.
 
@@ -136,6 +142,7 @@ class FakeSlack:
             self._uploads: dict[str, Upload] = {}
             self._responses: list[Response] = []
             self._faults: dict[str, deque[_Fault]] = {}
+            self._delays: dict[str, _Delay] = {}
             self._errors: list[str] = []
             self._users: dict[str, dict[str, Any]] = {}
             self._channels: dict[str, dict[str, Any]] = {}
@@ -219,6 +226,21 @@ class FakeSlack:
                 _Fault(status, error or default, retry_after, times)
             )
 
+    def delay(self, method: str, seconds: float, *, times: int | None = None) -> None:
+        """Hold back the answer to the next `times` calls of `method` (None: until changed).
+
+        The call is recorded and carried out at once (a message is in the channel, waiters
+        wake up); only the HTTP answer waits `seconds`, without blocking other requests:
+        Slack did the work, its answer is slow. `delay(method, 0)` removes the delay.
+        """
+        if seconds < 0:
+            raise ValueError(f"a delay cannot be negative: {seconds!r}")
+        with self._cond:
+            if seconds == 0:
+                self._delays.pop(method, None)
+            else:
+                self._delays[method] = _Delay(seconds, times)
+
     def response_url(self, key: str = "default") -> str:
         """A response_url on this server; what is posted to it lands in `responses`."""
         return f"{self.url}response/{key}"
@@ -300,7 +322,24 @@ class FakeSlack:
             queue.popleft()
         return fault
 
+    def _take_delay(self, method: str) -> float:
+        with self._cond:
+            delay = self._delays.get(method)
+            if delay is None:
+                return 0.0
+            if delay.times is not None:
+                delay.times -= 1
+                if delay.times <= 0:
+                    del self._delays[method]
+            return delay.seconds
+
     def _api(self, method: str, params: dict[str, Any], token: str | None) -> _Reply:
+        reply = self._serve_api(method, params, token)
+        if seconds := self._take_delay(method):
+            time.sleep(seconds)  # outside the lock: other requests are served meanwhile
+        return reply
+
+    def _serve_api(self, method: str, params: dict[str, Any], token: str | None) -> _Reply:
         with self._cond:
             try:
                 self._calls.append(Call(method, params))
@@ -590,13 +629,17 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             self.fake._error(traceback.format_exc())
             reply = _Reply.json({"ok": False, "error": "fake_slack_error"}, 500)
-        self.send_response(reply.status)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(reply.body)
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(len(reply.body)))
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(reply.body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client went away (a killed process, a timed-out request): nobody to answer.
+            self.close_connection = True
 
     def _route(self) -> _Reply:
         parts = urlsplit(self.path)

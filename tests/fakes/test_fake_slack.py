@@ -323,6 +323,40 @@ async def test_reset(fake: FakeSlack, client: AsyncWebClient) -> None:
     assert (await client.users_info(user="U_ADMIN"))["ok"]
 
 
+async def test_delay_holds_back_the_answer_not_the_work(
+    fake: FakeSlack, client: AsyncWebClient
+) -> None:
+    fake.delay("chat.postMessage", 0.5, times=1)
+    started = time.monotonic()
+    post = asyncio.create_task(client.chat_postMessage(channel="C_LINKED", text="slow"))
+    # Recorded and in the channel while the answer is still held back.
+    await fake.wait_for_async(lambda: fake.messages("C_LINKED"), timeout=5)
+    assert fake.calls_to("chat.postMessage")[0]["text"] == "slow" and not post.done()
+    # Other requests are served meanwhile.
+    assert (await client.auth_test())["ok"] and not post.done()
+    answer = await post
+    assert time.monotonic() - started >= 0.5
+    assert answer["ts"] in fake.messages("C_LINKED")
+    # times=1: the next post answers at once.
+    started = time.monotonic()
+    await client.chat_postMessage(channel="C_LINKED", text="fast")
+    assert time.monotonic() - started < 0.4
+
+
+async def test_delay_until_removed_and_a_client_that_gives_up(fake: FakeSlack) -> None:
+    impatient = AsyncWebClient(base_url=fake.base_url, token="xoxb-test", timeout=0.2)
+    fake.delay("users.info", 0.6)
+    for _ in range(2):  # no `times`: every call waits
+        with pytest.raises((TimeoutError, aiohttp.ClientError)):
+            await impatient.users_info(user="U_ADMIN")
+    assert len(fake.calls_to("users.info")) == 2
+    fake.delay("users.info", 0)
+    assert (await impatient.users_info(user="U_ADMIN"))["ok"]
+    await asyncio.sleep(0.7)  # the held-back answers go to clients that left: no error
+    with pytest.raises(ValueError):
+        fake.delay("users.info", -1)
+
+
 # ---- waiting ------------------------------------------------------------------------------------
 
 
