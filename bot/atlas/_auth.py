@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from bot.atlas._errors import AtlasTransportError, Unauthorized
+from bot.atlas._errors import AtlasTransportError, Unauthorized, error_class
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,21 @@ class ServiceAccountAuth(httpx.Auth):
                 headers={"Accept": "application/json"},
             )
         except httpx.HTTPError as exc:
-            raise AtlasTransportError(f"could not reach the Atlas token endpoint: {exc}") from exc
-        if response.status_code != 200:
+            raise AtlasTransportError(
+                f"could not reach the Atlas token endpoint: {type(exc).__name__}"
+                f"{': ' + str(exc) if str(exc) else ''}"
+            ) from exc
+        status = response.status_code
+        if status == 429 or status >= 500:
+            # Atlas is busy or failing, not refusing the credentials: the client retries.
+            raise error_class(status)(
+                status,
+                error_code="TOKEN_ENDPOINT_UNAVAILABLE",
+                detail="the Atlas token endpoint is unavailable",
+                body=response.text[:500],
+                retry_after=_seconds(response.headers.get("Retry-After")),
+            )
+        if status != 200:
             raise Unauthorized(
                 response.status_code,
                 error_code="INVALID_SERVICE_ACCOUNT",
@@ -134,3 +147,10 @@ class ServiceAccountAuth(httpx.Auth):
 def api_key_auth(public_key: str, private_key: str) -> httpx.DigestAuth:
     """An Atlas programmatic API key pair: HTTP Digest, public key as the user name."""
     return httpx.DigestAuth(public_key, private_key)
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None

@@ -32,6 +32,8 @@ from bot.atlas._errors import (
     AtlasTransportError,
     InvalidInput,
     MalformedResponse,
+    RateLimited,
+    ServerError,
     error_class,
 )
 from bot.atlas._ids import SERVICES
@@ -356,12 +358,20 @@ class AtlasClient:
                 response = await self._http.send(request, auth=self._auth, stream=stream)
             except not_ready_errors as exc:
                 raise _NotReadySignal(type(exc).__name__) from None
+            except (ServerError, RateLimited, AtlasTransportError) as exc:
+                # Raised by the auth flow: the token endpoint was busy or unreachable.
+                delay = self._retry_delay(attempt, deadline, getattr(exc, "retry_after", None))
+                if delay is None:
+                    raise
+                log.warning("atlas token endpoint: %s, retrying in %.1fs", exc, delay)
+                await self._sleep(delay)
+                continue
             except httpx.TransportError as exc:
                 delay = self._retry_delay(attempt, deadline, None)
                 if delay is None:
                     raise AtlasTransportError(
                         f"{operation.value}: no answer from Atlas after {attempt} attempt(s): "
-                        f"{type(exc).__name__}: {exc or 'connection failed'}"
+                        f"{type(exc).__name__}: {str(exc) or 'connection failed'}"
                     ) from exc
                 log.warning(
                     "atlas %s: %s, retrying in %.1fs", operation.value, type(exc).__name__, delay
