@@ -21,7 +21,6 @@ from datetime import date, datetime
 
 from sqlmodel import Session
 
-from bot import billing
 from bot.atlas import AtlasError, CostQuery, CostResult
 from bot.deps import Deps
 from bot.months import add_months
@@ -168,7 +167,8 @@ async def complete(deps: Deps, row: StoredQuery, result: CostResult) -> bool:
     """The query of a digest is ready: render it (and its chart) into the outbox, once."""
     month = date.fromisoformat(f"{row.digest_month}-01")
     try:
-        mtd = (await billing.pending(deps.atlas_for(row.org_id), row.org_id)).usage_cents
+        pending = await deps.atlas_for(row.org_id).pending_totals(row.org_id)
+        mtd = sum(invoice.subtotal_cents for invoice in pending)
     except AtlasError as exc:
         log.warning("digest %s: month-to-date unavailable: %s", row.digest_key, exc)
         mtd = None

@@ -124,24 +124,30 @@ class AtlasClient:
     # ---- operations -----------------------------------------------------------------
 
     async def pending_invoices(self, org_id: str) -> list[Invoice]:
-        """The org's pending (current billing cycle) invoices.
+        """The org's pending (current billing cycle) invoices, with their line items.
 
         The spec documents a paginated list; some deployments answer a single
         invoice object. Both are accepted.
         """
+        return _parse_list(Invoice, await self._pending_items(org_id), "pending invoices")
+
+    async def pending_totals(self, org_id: str) -> list[InvoiceMetadata]:
+        """The pending invoices' amounts only: line items are not validated, which is most
+        of the cost of a large invoice when only its month-to-date total matters."""
+        return _parse_list(InvoiceMetadata, await self._pending_items(org_id), "pending invoices")
+
+    async def _pending_items(self, org_id: str) -> list:
         org_id = _ids.org_id(org_id)
         payload = await self._json(
             Operation.LIST_PENDING, "GET", f"/orgs/{org_id}/invoices/pending", org_id
         )
         if isinstance(payload, dict) and "results" in payload:
-            items = payload["results"]
-        elif isinstance(payload, dict) and "id" in payload:
-            items = [payload]
-        elif isinstance(payload, dict) and not payload:
-            items = []
-        else:
-            raise _malformed("pending invoices", "neither a list of invoices nor an invoice")
-        return _parse_list(Invoice, items, "pending invoices")
+            return payload["results"]
+        if isinstance(payload, dict) and "id" in payload:
+            return [payload]
+        if isinstance(payload, dict) and not payload:
+            return []
+        raise _malformed("pending invoices", "neither a list of invoices nor an invoice")
 
     async def invoice(self, org_id: str, invoice_id: str) -> Invoice:
         org_id, invoice_id = _ids.org_id(org_id), _ids.invoice_id(invoice_id)

@@ -491,3 +491,12 @@ def socket_port():
 def test_httpx_version_is_the_one_the_102_handling_was_written_for():
     # httpcore's handling of 1xx is what makes a 102 surface as a disconnect or a time-out.
     assert httpx.__version__.startswith("0.28")
+
+
+async def test_pending_totals_skip_line_items_but_keep_the_amounts(sandbox, make_client, org):
+    client = make_client("oauth")
+    [full] = await client.pending_invoices(org.id)
+    [totals] = await client.pending_totals(org.id)
+    assert totals.id == full.id
+    assert totals.subtotal_cents == full.usage_cents == org.pending.subtotal_cents
+    assert not hasattr(totals, "line_items")
