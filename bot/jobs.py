@@ -94,14 +94,17 @@ class Jobs:
                 self._running.discard(task)
 
     async def stop(self, timeout: float = 15.0) -> None:
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        """No new ticks, then let the running ones finish (bounded), then shut down.
+
+        The order matters: APScheduler's asyncio executor cancels the runs still in
+        flight when it shuts down, so the scheduler is only paused while they finish.
+        """
+        if not self.scheduler.running:
+            return
+        self.scheduler.pause()
         if self._running:
-            _, late = await asyncio.wait(set(self._running), timeout=timeout)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late, timeout=2)
+            await asyncio.wait(set(self._running), timeout=timeout)
+        self.scheduler.shutdown(wait=False)
 
 
 def build_scheduler(deps: Deps) -> AsyncIOScheduler:

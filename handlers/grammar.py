@@ -430,18 +430,23 @@ def _threshold(args: list[str], today: date | None) -> Threshold:
     org_id = _optional_org(args[1:], usage)
     if args[0].lower() == "off":
         return Threshold(None, org_id)
+    # The user's amount comes back cut short: a 2,000-character token must not return whole.
     try:
         cents = parse_dollars(args[0])
     except ValueError as error:
-        raise UsageError(f"{error}.", usage) from None
-    if cents <= 0:
-        raise UsageError(
-            f"The threshold must be more than $0.00, got {format_cents(cents)}.", usage
+        problem = (
+            "has more than two decimals; amounts are in whole cents"
+            if "decimals" in str(error)
+            else "is not an amount like 5000, $5,000 or 5000.50"
         )
+        raise UsageError(f"{_show(args[0])} {problem}.", usage) from None
+    amount = format_cents(cents)
+    amount = amount if len(amount) <= 40 else amount[:37] + "…"
+    if cents <= 0:
+        raise UsageError(f"The threshold must be more than $0.00, got {amount}.", usage)
     if cents > MAX_THRESHOLD_CENTS:
         raise UsageError(
-            f"The threshold must be at most {format_cents(MAX_THRESHOLD_CENTS)}, "
-            f"got {format_cents(cents)}.",
+            f"The threshold must be at most {format_cents(MAX_THRESHOLD_CENTS)}, got {amount}.",
             usage,
         )
     return Threshold(cents, org_id)

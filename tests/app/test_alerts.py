@@ -217,7 +217,7 @@ async def test_snooze_holds_new_alerts_until_it_ends(bot, org):
     assert alert.snoozed_by == "U_MEMBER" and alert.snoozed_until is not None
     # The threshold is lowered: the 100% level is crossed during the snooze. It is recorded
     # at once but waits in the outbox until the snooze ends, then goes out once.
-    await _set(bot, f"threshold {_dollars(mtd - 100)}", 2)
+    await _set(bot, f"threshold {_dollars(mtd - 100)}", 3)  # after the 1st notice and the alert
     posts = len(bot.fake.calls_to("chat.postMessage"))
     clock.now = bot.deps.clock()
     report, delivered = await _threshold_run(bot, replica)
