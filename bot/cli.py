@@ -310,6 +310,71 @@ def db_upgrade() -> None:
     typer.echo("database schema is up to date")
 
 
+secrets_app = typer.Typer(help="Encryption of stored Atlas credentials.", no_args_is_help=True)
+app.add_typer(secrets_app, name="secrets")
+
+
+@secrets_app.command("rotate")
+def secrets_rotate(
+    new_key: Annotated[
+        str,
+        typer.Option(
+            "--new-key",
+            metavar="KEY",
+            help="The new Fernet key (32 url-safe base64-encoded bytes).",
+        ),
+    ],
+) -> None:
+    """Re-encrypt every stored Atlas credential under a new BOT_SECRET_KEY.
+
+    Safe to run again after an interruption: rows already under the new key are skipped.
+    """
+    from pathlib import Path
+
+    from bot.secrets import SecretBox, SecretError, load_key, rotate, write_key_file
+    from storage import Database, credentials
+
+    try:
+        new_id = SecretBox(new_key, source="--new-key").key_id
+    except SecretError as exc:
+        raise CliError(str(exc), 2) from None
+    settings = _settings()
+    db = Database(settings.DATABASE_URL)
+    try:
+        db.upgrade()
+        try:
+            current = load_key(settings)
+            if current is None:
+                with db.session() as session:
+                    stored = len(credentials.all_credentials(session))
+                if stored:
+                    raise CliError(
+                        f"BOT_SECRET_KEY is not set and there is no key file, yet {stored} "
+                        "credential(s) are stored: set BOT_SECRET_KEY to the key they were "
+                        "stored with and run this again"
+                    )
+                count, key_path = 0, None
+            else:
+                key, source = current
+                count = rotate(db, key, new_key)
+                key_path = Path(source) if source != "BOT_SECRET_KEY" else None
+                if key_path is not None:
+                    write_key_file(key_path, new_key)
+        except SecretError as exc:
+            raise CliError(str(exc)) from None
+    finally:
+        db.dispose()
+    typer.echo(
+        f"re-encrypted {count} stored Atlas credential(s) under the new key (key id {new_id})"
+    )
+    if key_path is not None:
+        typer.echo(f"the key file {key_path} now holds the new key")
+    typer.echo(
+        "Set BOT_SECRET_KEY to the new key wherever the bot runs (every replica) and restart it: "
+        "the stored credentials can no longer be read with the old key."
+    )
+
+
 def _describe(exc: BaseException) -> tuple[str, int]:
     """The one line and exit status a failure is reported with."""
     if isinstance(exc, CliError):

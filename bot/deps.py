@@ -6,11 +6,16 @@ API, a temporary database); nothing here is a module-level global.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from typing import Any
 
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -18,9 +23,13 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.atlas import AtlasClient
+from bot.atlas import AtlasClient, AtlasError
 from bot.config import Settings
-from storage import Database
+from bot.secrets import SecretBox, SecretError, key_file, load_or_create_key
+from storage import Database, credentials
+from storage.models import CredentialKind, OrgCredential
+
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -44,9 +53,36 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+class UnreadableCredentials(AtlasError):
+    """An org's stored credentials cannot be decrypted with this process's key (see the message)."""
+
+
+def atlas_client_with(
+    settings: Settings, *, kind: str, public_id: str, secret: str, **options: Any
+) -> AtlasClient:
+    """An Atlas client for one set of credentials (a service account or an API key pair)."""
+    if kind == CredentialKind.SERVICE_ACCOUNT:
+        return AtlasClient.with_credentials(
+            base_url=settings.MONGODB_ATLAS_BASE_URL,
+            client_id=public_id,
+            client_secret=secret,
+            **options,
+        )
+    return AtlasClient.with_credentials(
+        base_url=settings.MONGODB_ATLAS_BASE_URL,
+        public_key=public_id,
+        private_key=secret,
+        **options,
+    )
+
+
 @dataclass(frozen=True)
 class Deps:
-    """Settings, clients, database and clock: everything a handler or job may use."""
+    """Settings, clients, database and clock: everything a handler or job may use.
+
+    ``secrets`` encrypts stored Atlas credentials; when not given, the key is
+    loaded (or generated, see ``bot.secrets``) the first time it is needed.
+    """
 
     settings: Settings
     atlas: AtlasClient
@@ -54,14 +90,124 @@ class Deps:
     slack: AsyncWebClient
     clock: Callable[[], datetime] = utcnow
     worker: str = field(default_factory=worker_name)
+    secrets: SecretBox | None = None
+    # Clients built from stored credentials, by (org, credential row, credential version):
+    # a replaced credential gets a new client; all are closed in aclose.
+    org_clients: dict[tuple[str, int, int], AtlasClient] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    _loaded_secrets: dict[str, SecretBox] = field(default_factory=dict, repr=False, compare=False)
 
     def today(self) -> date:
         return self.clock().date()
 
-    def atlas_for(self, org_id: str) -> AtlasClient:
-        """The Atlas client to use for one org (per-org credentials plug in here)."""
-        return self.atlas
+    def secret_box(self) -> SecretBox:
+        """The box for stored credentials: ``secrets``, else one around ``BOT_SECRET_KEY``/the key file.
+
+        Raises ``SecretError`` when the key is malformed or the key file cannot be written.
+        """
+        if self.secrets is not None:
+            return self.secrets
+        box = self._loaded_secrets.get("box")
+        if box is None:
+            settings = self.settings
+            source = (
+                "BOT_SECRET_KEY"
+                if settings.BOT_SECRET_KEY
+                else f"the generated key in {key_file(settings)}"
+            )
+            box = SecretBox(load_or_create_key(settings), source=source)
+            self._loaded_secrets["box"] = box
+        return box
+
+    def atlas_for(self, org_id: str) -> OrgAtlas:
+        """The Atlas operations for one org: with its stored credentials if an admin connected
+        some (``connect ORG_ID``), else with the configured ones (``atlas``).
+
+        The stored credentials are looked up at each call, so a ``connect`` on another
+        replica takes effect here too.
+        """
+        return OrgAtlas(self, org_id)
+
+    async def atlas_client(self, org_id: str) -> AtlasClient:
+        """The client ``atlas_for(org_id)`` uses right now (one database read)."""
+        try:
+            row = await self.db.run(credentials.get_credential, org_id=org_id)
+        except ValueError:
+            return self.atlas  # not an org ID: the client refuses it with InvalidInput
+        if row is None:
+            return self.atlas
+        assert row.id is not None
+        key = (row.org_id, row.id, row.version)
+        client = self.org_clients.get(key)
+        if client is None:
+            # No await between the lookup and the insert: one client per version.
+            client = self._client_from(row)
+            self.org_clients[key] = client
+        return client
+
+    def _client_from(self, row: OrgCredential) -> AtlasClient:
+        try:
+            box = self.secret_box()
+            if row.key_id != box.key_id:
+                raise SecretError(
+                    f"they were encrypted with another key (key id {row.key_id}) than "
+                    f"{box.source} (key id {box.key_id}); set BOT_SECRET_KEY to the key they "
+                    "were stored with, or connect the org again"
+                )
+            secret = box.decrypt(row.ciphertext)
+        except SecretError as exc:
+            log.error("stored Atlas credentials of org %s unusable: %s", row.org_id, exc)
+            raise UnreadableCredentials(
+                f"The stored Atlas credentials of org {row.org_id} cannot be used: {exc}."
+            ) from None
+        return atlas_client_with(
+            self.settings, kind=row.kind, public_id=row.public_id, secret=secret
+        )
 
     async def aclose(self) -> None:
         await self.atlas.aclose()
+        for client in list(self.org_clients.values()):
+            await client.aclose()
+        self.org_clients.clear()
         self.db.dispose()
+
+
+class OrgAtlas:
+    """``AtlasClient``'s operations for one org, each run with the client ``Deps`` picks for it.
+
+    Every public coroutine method of ``AtlasClient`` (and the ``invoice_csv`` context
+    manager) is available under its own name and signature; ``aclose`` is not, since the
+    clients belong to ``Deps``.
+    """
+
+    def __init__(self, deps: Deps, org_id: str) -> None:
+        self._deps = deps
+        self.org_id = org_id
+
+    async def client(self) -> AtlasClient:
+        return await self._deps.atlas_client(self.org_id)
+
+    def __getattr__(self, name: str) -> Any:
+        operation = getattr(AtlasClient, name, None)
+        if name.startswith("_") or name == "aclose" or not callable(operation):
+            raise AttributeError(f"{type(self).__name__!r} has no operation {name!r}")
+        inner = getattr(operation, "__wrapped__", None)
+        if inner is not None and inspect.isasyncgenfunction(inner):  # an @asynccontextmanager
+
+            @asynccontextmanager
+            @functools.wraps(operation)
+            async def entered(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+                client = await self.client()
+                async with getattr(client, name)(*args, **kwargs) as value:
+                    yield value
+
+            return entered
+        if not inspect.iscoroutinefunction(operation):
+            raise AttributeError(f"{type(self).__name__!r} has no operation {name!r}")
+
+        @functools.wraps(operation)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await getattr(await self.client(), name)(*args, **kwargs)
+
+        return call

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
 
 
 def register(app: AsyncApp, deps: Deps) -> None:
-    from handlers import alerts, commands
+    from handlers import alerts, commands, connect
 
     commands.register(app, deps)
     alerts.register(app, deps)
+    connect.register(app, deps)

@@ -18,6 +18,7 @@ class Invocation:
     channel_id: str
     user_id: str
     respond: AsyncRespond
+    trigger_id: str | None = None  # lets a handler open a modal (valid for 3 seconds)
 
     async def ephemeral(self, text: str) -> None:
         """Only the caller sees it (help, status, errors, refusals)."""

@@ -383,3 +383,45 @@ class OutboxMessage(SQLModel, table=True):
     def message(self) -> dict[str, Any]:
         """The payload, decoded: `text`, `blocks`, `metadata` as given to `enqueue`."""
         return json.loads(self.payload)
+
+
+# --- per-org Atlas credentials ---------------------------------------------------------------
+
+
+class CredentialKind(StrEnum):
+    """What an org's stored credentials are: an Atlas service account or a programmatic API key."""
+
+    SERVICE_ACCOUNT = "service_account"
+    API_KEY = "api_key"
+
+
+PUBLIC_ID_LENGTH = 64  # `mdb_sa_id_` + 24 hex digits, or an 8-letter public key
+KEY_ID_LENGTH = 16  # a fingerprint of the encryption key (bot.secrets uses 8 hex digits)
+
+
+class OrgCredential(SQLModel, table=True):
+    """An org's own Atlas credentials (`connect ORG_ID`), used instead of the configured ones.
+
+    `public_id` (service account client ID, or API public key) is not secret and is
+    stored in clear; the secret half is only ever stored as `ciphertext`, a Fernet
+    token made by `bot.secrets`. `key_id` fingerprints the key that made it, so a
+    key rotation can tell which rows it has done and resume after a crash.
+    `version` goes up each time the credentials are replaced (not on rotation,
+    which keeps the secret), so a cached Atlas client knows when it is stale.
+    """
+
+    __tablename__ = "org_credential"  # type: ignore[assignment]
+    __table_args__ = (
+        CheckConstraint("kind IN ('service_account', 'api_key')", name="kind"),
+        CheckConstraint("version > 0", name="version_positive"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_column_args=[Identity()])
+    org_id: str = Field(max_length=ORG_ID_LENGTH, unique=True)
+    kind: str = Field(max_length=16)
+    public_id: str = Field(max_length=PUBLIC_ID_LENGTH)
+    ciphertext: bytes = Field(sa_type=LargeBinary)
+    key_id: str = Field(max_length=KEY_ID_LENGTH)
+    version: int = Field(default=1)
+    updated_by: str = Field(max_length=SLACK_ID_LENGTH)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
