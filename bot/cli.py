@@ -385,8 +385,11 @@ def _describe(exc: BaseException) -> tuple[str, int]:
         return f"Atlas answered {exc.summary()}", 1
     if isinstance(exc, AtlasError):
         return str(exc), 1
+    from bot.secrets import SecretError
     from storage import StorageConfigError, StorageError
 
+    if isinstance(exc, SecretError):
+        return f"BOT_SECRET_KEY: {exc}", 2
     if isinstance(exc, StorageConfigError):
         return f"DATABASE_URL: {exc}", 2
     if isinstance(exc, StorageError):
