@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from sqlalchemy import text
 
 from storage import links
 from storage.db import Database
@@ -59,3 +60,15 @@ def make_link(
             session, team_id=team_id, channel_id=channel_id, org_id=org_id, created_by="U1"
         )
     return link
+
+
+def blocked_on_lock(db: Database, pids: list[int]) -> bool:
+    """True when the first PostgreSQL backend in `pids` is waiting for a row or table lock."""
+    if not pids:
+        return False
+    with db.engine.connect() as conn:
+        wait = conn.execute(
+            text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"),
+            {"pid": pids[0]},
+        ).scalar()
+    return wait == "Lock"

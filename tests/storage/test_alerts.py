@@ -13,7 +13,7 @@ from sqlmodel import Session, func, select
 from storage import alerts, audit
 from storage.db import Database
 from storage.models import Alert, ChannelLink
-from tests.storage.conftest import ORG_B, make_link, run_together, wait_until
+from tests.storage.conftest import ORG_B, blocked_on_lock, make_link, run_together, wait_until
 
 T0 = datetime(2025, 6, 20, 12, 0, tzinfo=UTC)
 
@@ -139,24 +139,13 @@ def test_losing_the_insert_race_keeps_the_callers_transaction(db: Database) -> N
             assert [a.level for a in record(session_a, link, ["50"])] == ["50"]
             b_result = pool.submit(b)
             if db.dialect == "postgresql":
-                wait_until(lambda: _blocked_on_lock(db, pid_of_b), what="B to wait on A's insert")
+                wait_until(lambda: blocked_on_lock(db, pid_of_b), what="B to wait on A's insert")
         b_levels = b_result.result(timeout=60)
 
     assert b_levels == ["80"]
     assert count_alerts(db) == 2
     with db.session() as session:
         assert [e.user_id for e in audit.entries(session)] == ["UB"]
-
-
-def _blocked_on_lock(db: Database, pids: list[int]) -> bool:
-    if not pids:
-        return False
-    with db.engine.connect() as conn:
-        wait = conn.execute(
-            text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"),
-            {"pid": pids[0]},
-        ).scalar()
-    return wait == "Lock"
 
 
 def test_get_alert_and_set_outbox_key(db: Database) -> None:

@@ -11,7 +11,7 @@ from sqlmodel import Session, func, select
 from storage import audit, links
 from storage.db import Database
 from storage.models import ChannelLink
-from tests.storage.conftest import run_together, wait_until
+from tests.storage.conftest import blocked_on_lock, run_together, wait_until
 
 ORG_A = "5f1a2b3c4d5e6f7a8b9c0d1e"
 ORG_B = "60aa00000000000000000001"
@@ -140,21 +140,10 @@ def test_losing_the_insert_race_keeps_the_callers_transaction(db: Database) -> N
             assert created_a
             b_result = pool.submit(b)
             if db.dialect == "postgresql":
-                wait_until(lambda: _blocked_on_lock(db, pid_of_b), what="B to wait on A's insert")
+                wait_until(lambda: blocked_on_lock(db, pid_of_b), what="B to wait on A's insert")
         id_b, created_b = b_result.result(timeout=60)
 
     assert (id_b, created_b) == (link_a.id, False)
     assert count_links(db) == 1
     with db.session() as session:
         assert [e.user_id for e in audit.entries(session)] == ["UB"]
-
-
-def _blocked_on_lock(db: Database, pids: list[int]) -> bool:
-    if not pids:
-        return False
-    with db.engine.connect() as conn:
-        wait = conn.execute(
-            text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"),
-            {"pid": pids[0]},
-        ).scalar()
-    return wait == "Lock"

@@ -14,7 +14,7 @@ from sqlmodel import Session, func, select
 from storage import audit, outbox
 from storage.db import Database
 from storage.models import OutboxMessage, OutboxStatus
-from tests.storage.conftest import run_together, wait_until
+from tests.storage.conftest import blocked_on_lock, run_together, wait_until
 
 T0 = datetime(2025, 7, 1, 9, 0, tzinfo=UTC)
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -143,24 +143,13 @@ def test_losing_the_enqueue_race_keeps_the_callers_transaction(db: Database) -> 
             assert created_a
             b_result = pool.submit(b)
             if db.dialect == "postgresql":
-                wait_until(lambda: _blocked_on_lock(db, pid_of_b), what="B to wait on A's insert")
+                wait_until(lambda: blocked_on_lock(db, pid_of_b), what="B to wait on A's insert")
         id_b, created_b = b_result.result(timeout=60)
 
     assert (id_b, created_b) == (message_a.id, False)
     assert load(db, key).message() == {"text": "A"}
     with db.session() as session:
         assert [e.user_id for e in audit.entries(session)] == ["UB"]
-
-
-def _blocked_on_lock(db: Database, pids: list[int]) -> bool:
-    if not pids:
-        return False
-    with db.engine.connect() as conn:
-        wait = conn.execute(
-            text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"),
-            {"pid": pids[0]},
-        ).scalar()
-    return wait == "Lock"
 
 
 def test_claim_due_takes_due_unleased_pending_messages_oldest_first(db: Database) -> None:
