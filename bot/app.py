@@ -17,6 +17,7 @@ from bot.atlas import AtlasClient
 from bot.config import Settings
 from bot.credentials import atlas_client
 from bot.deps import Deps, slack_client
+from bot.metrics import Metrics
 from storage import Database
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,18 @@ def build_deps(
     db: Database | None = None,
     **extra: Any,
 ) -> Deps:
-    """The dependencies object; tests pass their own Atlas, Slack or database."""
+    """The dependencies object; tests pass their own Atlas, Slack or database.
+
+    The clients built here count into the ``Metrics`` of the result (``metrics=`` in
+    ``extra``, else a new one); clients passed in count wherever they were built to.
+    """
+    metrics = extra.pop("metrics", None) or Metrics()
     return Deps(
         settings=settings,
-        atlas=atlas or atlas_client(settings),
+        atlas=atlas or atlas_client(settings, request_counter=metrics.atlas_requests),
         db=db or Database(settings.DATABASE_URL),
-        slack=slack or slack_client(settings),
+        slack=slack or slack_client(settings, metrics=metrics),
+        metrics=metrics,
         **extra,
     )
 

@@ -1,12 +1,30 @@
-"""Channel ↔ org links: who may change them, which org a command means, and what a channel sees."""
+"""Channel ↔ org links: who may change them, which org a command means, and what a channel sees.
+
+Also what happens to links when their channel is archived: Slack says so with a
+``channel_archive``/``group_archive`` event, or by refusing a post with
+``is_archived`` (the event may have been missed, or the app was not subscribed).
+Either way the channel's links are disabled, not deleted: scheduled alerts and
+digests stop, each disabled link gets an audit entry, and unarchiving (or linking
+the org again) turns them back on with their thresholds and schedules.
+"""
 
 from __future__ import annotations
+
+import logging
+from typing import Literal
 
 from sqlmodel import Session
 
 from bot.deps import Deps
 from bot.explain import Refusal
 from storage import audit, links
+
+log = logging.getLogger(__name__)
+
+# Who the audit log names for a change Slack told the bot about, not a person.
+SLACK = "slack"
+
+LinkOutcome = Literal["created", "enabled", "exists"]
 
 
 async def is_admin(deps: Deps, user_id: str) -> bool:
@@ -59,20 +77,25 @@ def choose_orgs(linked: list[str], requested: str | None) -> list[str]:
 
 def _link_and_audit(
     session: Session, *, team_id: str, channel_id: str, org_id: str, user_id: str
-) -> bool:
-    _, created = links.add_link(
+) -> LinkOutcome:
+    row, created = links.add_link(
         session, team_id=team_id, channel_id=channel_id, org_id=org_id, created_by=user_id
     )
     if created:
-        audit.record(
-            session,
-            team_id=team_id,
-            channel_id=channel_id,
-            user_id=user_id,
-            action="link",
-            detail={"org_id": org_id},
-        )
-    return created
+        outcome: LinkOutcome = "created"
+    elif row.id is not None and links.enable_link(session, link_id=row.id):
+        outcome = "enabled"
+    else:
+        return "exists"
+    audit.record(
+        session,
+        team_id=team_id,
+        channel_id=channel_id,
+        user_id=user_id,
+        action="link" if created else "enable",
+        detail={"org_id": org_id},
+    )
+    return outcome
 
 
 def _unlink_and_audit(
@@ -91,8 +114,11 @@ def _unlink_and_audit(
     return removed
 
 
-async def link(deps: Deps, *, team_id: str, channel_id: str, user_id: str, org_id: str) -> bool:
-    """Link after checking the bot can read the org's billing; True if the link is new.
+async def link(
+    deps: Deps, *, team_id: str, channel_id: str, user_id: str, org_id: str
+) -> LinkOutcome:
+    """Link after checking the bot can read the org's billing: a new link, a disabled one
+    turned back on, or one that already was there.
 
     The check reads the pending invoice: an Atlas error (403 without the
     Billing Viewer role, 404 for an unknown org) propagates and nothing is stored.
@@ -107,3 +133,77 @@ async def unlink(deps: Deps, *, team_id: str, channel_id: str, user_id: str, org
     return await deps.db.run(
         _unlink_and_audit, team_id=team_id, channel_id=channel_id, org_id=org_id, user_id=user_id
     )
+
+
+def _disable_and_audit(
+    session: Session, *, team_id: str, channel_id: str, user_id: str, noticed: str
+) -> list[str]:
+    disabled = links.disable_channel(
+        session, team_id=team_id, channel_id=channel_id, reason=links.ARCHIVED
+    )
+    for row in disabled:
+        audit.record(
+            session,
+            team_id=team_id,
+            channel_id=channel_id,
+            user_id=user_id,
+            action="disable",
+            detail={"org_id": row.org_id, "reason": links.ARCHIVED, "noticed": noticed},
+        )
+    return [row.org_id for row in disabled]
+
+
+def _enable_and_audit(
+    session: Session, *, team_id: str, channel_id: str, user_id: str
+) -> list[str]:
+    enabled = links.enable_channel(
+        session, team_id=team_id, channel_id=channel_id, reason=links.ARCHIVED
+    )
+    for row in enabled:
+        audit.record(
+            session,
+            team_id=team_id,
+            channel_id=channel_id,
+            user_id=user_id,
+            action="enable",
+            detail={"org_id": row.org_id, "reason": "channel unarchived"},
+        )
+    return [row.org_id for row in enabled]
+
+
+async def channel_archived(
+    deps: Deps, *, team_id: str, channel_id: str, noticed: str, user_id: str = SLACK
+) -> list[str]:
+    """Disable the channel's links; returns the orgs disabled now (none if they already were)."""
+    orgs = await deps.db.run(
+        _disable_and_audit,
+        team_id=team_id,
+        channel_id=channel_id,
+        user_id=user_id,
+        noticed=noticed,
+    )
+    if orgs:
+        log.warning("channel %s was archived (%s): links to %s disabled", channel_id, noticed, orgs)
+    return orgs
+
+
+async def channel_unarchived(
+    deps: Deps, *, team_id: str, channel_id: str, user_id: str = SLACK
+) -> list[str]:
+    """Enable the links archiving disabled; returns those orgs."""
+    orgs = await deps.db.run(
+        _enable_and_audit, team_id=team_id, channel_id=channel_id, user_id=user_id
+    )
+    if orgs:
+        log.info("channel %s was unarchived: links to %s enabled again", channel_id, orgs)
+    return orgs
+
+
+async def slack_refused(
+    deps: Deps, *, team_id: str, channel_id: str, error: str, method: str
+) -> None:
+    """What a Slack refusal says about the channel: ``is_archived`` disables its links."""
+    if error == "is_archived":
+        await channel_archived(
+            deps, team_id=team_id, channel_id=channel_id, noticed=f"{method}: is_archived"
+        )

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bot import billing
+from bot import billing, logs
 from bot.atlas import (
     AtlasAPIError,
     AtlasClient,
@@ -57,8 +57,11 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coro)
 
 
-def _settings() -> Settings:
-    return load_settings()
+def _settings(*, serving: bool = False) -> Settings:
+    """The settings, with the logs switched to the format and level they ask for."""
+    settings = load_settings()
+    logs.configure(settings, serving=serving)
+    return settings
 
 
 def _emit_json(document: object) -> None:
@@ -263,7 +266,7 @@ def serve(
     """Run the Slack app (HTTP mode, or Socket Mode when SLACK_APP_TOKEN is set) and the scheduler."""
     from bot.server import serve as run_server
 
-    settings = _settings()
+    settings = _settings(serving=True)
     run_server(settings, port=port or settings.PORT)
 
 
@@ -414,9 +417,7 @@ def _usage_error(exc: typer.TyperException) -> int:
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure()  # readable text at WARNING until a command has read its settings
     try:
         code = app(standalone_mode=False)
     except typer.Exit as done:

@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("json", "text")
+
 
 class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names the variable."""
@@ -54,6 +57,9 @@ class Settings(BaseSettings):
     BOT_THRESHOLD_SECONDS: float = Field(default=900, gt=0)
     BOT_DIGEST_SECONDS: float = Field(default=60, gt=0)
     BOT_ADMINS: Annotated[tuple[str, ...], NoDecode] = ()
+    # None: the command's default (INFO and json for `serve`, WARNING and text elsewhere).
+    BOT_LOG_LEVEL: str | None = None
+    BOT_LOG_FORMAT: str | None = None
 
     @field_validator("MONGODB_ATLAS_BASE_URL", "SLACK_API_URL")
     @classmethod
@@ -127,6 +133,24 @@ class Settings(BaseSettings):
                 f"must be comma-separated Slack user IDs like U0123ABCD, got {bad[0]!r}"
             )
         return ids
+
+    @field_validator("BOT_LOG_LEVEL")
+    @classmethod
+    def _log_level(cls, value: str | None) -> str | None:
+        if not value or not value.strip():
+            return None
+        if value.strip().upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.strip().upper()
+
+    @field_validator("BOT_LOG_FORMAT")
+    @classmethod
+    def _log_format(cls, value: str | None) -> str | None:
+        if not value or not value.strip():
+            return None
+        if value.strip().lower() not in LOG_FORMATS:
+            raise ValueError(f"must be {' or '.join(LOG_FORMATS)}")
+        return value.strip().lower()
 
     @model_validator(mode="after")
     def _pairs(self) -> Settings:

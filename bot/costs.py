@@ -17,7 +17,7 @@ from datetime import date, timedelta
 
 from slack_sdk.errors import SlackApiError
 
-from bot import billing, digests
+from bot import billing, channels, digests
 from bot.atlas import (
     AtlasAPIError,
     AtlasError,
@@ -28,7 +28,7 @@ from bot.atlas import (
     ServerError,
 )
 from bot.deps import Deps
-from bot.explain import explain
+from bot.explain import AUTH_ERRORS, explain, slack_error
 from bot.render.blocks import (
     Message,
     costs_failed_message,
@@ -197,12 +197,23 @@ async def _finish(
             posted = await deps.slack.chat_postMessage(channel=row.channel_id, **message.kwargs())
             await deps.db.run(cost_queries.set_message, id=row.id, message_ts=posted["ts"])
     except SlackApiError as exc:
-        slack_error = exc.response.get("error", "unknown_error")
+        refusal = slack_error(exc)
         if exc.response.status_code == 429 or exc.response.status_code >= 500:
-            log.warning("cost query %s: Slack is unavailable (%s); retrying", row.id, slack_error)
+            log.warning("cost query %s: Slack is unavailable (%s); retrying", row.id, refusal)
+            return await _reschedule(deps, row)
+        if refusal in AUTH_ERRORS:
+            # The operators fix the token; the result waits for them (until the query expires).
+            log.error("cost query %s: Slack refused the bot's token (%s)", row.id, refusal)
             return await _reschedule(deps, row)
         # The channel is gone or the bot was removed: nobody can be told, so stop polling.
-        log.warning("cost query %s: Slack refused the result: %s", row.id, slack_error)
-        status, error = QueryStatus.FAILED, f"slack: {slack_error}"
+        log.warning("cost query %s: Slack refused the result: %s", row.id, refusal)
+        await channels.slack_refused(
+            deps,
+            team_id=row.team_id,
+            channel_id=row.channel_id,
+            error=refusal,
+            method="cost query result",
+        )
+        status, error = QueryStatus.FAILED, f"slack: {refusal}"
     await deps.db.run(cost_queries.finish, id=row.id, owner=deps.worker, status=status, error=error)
     return status

@@ -17,14 +17,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+import aiohttp
+from prometheus_client import Counter
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.atlas import AtlasClient, AtlasError
 from bot.config import Settings
+from bot.logs import register_secret
+from bot.metrics import Metrics, slack_error_label
 from bot.secrets import SecretBox, SecretError, key_file, load_or_create_key
 from storage import Database, credentials
 from storage.models import CredentialKind, OrgCredential
@@ -36,16 +42,62 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def slack_client(settings: Settings, token: str | None = None) -> AsyncWebClient:
-    """The Web API client with slack_sdk's retry handlers (they are off by default)."""
-    return AsyncWebClient(
-        token=token or settings.SLACK_BOT_TOKEN,
-        base_url=settings.SLACK_API_URL,
-        retry_handlers=[
+class CountingWebClient(AsyncWebClient):
+    """``AsyncWebClient`` that counts each failed Web API call in ``errors`` and re-raises.
+
+    ``api_call`` is where every method (``chat_postMessage``, ``users_info``, …) ends,
+    after slack_sdk's own retries, so one failed call is counted once. The file upload
+    step of ``files_upload_v2`` posts to its upload URL outside ``api_call`` and is
+    counted as ``files.upload``.
+    """
+
+    def __init__(self, *args: Any, errors: Counter, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._errors = errors
+
+    def _count(self, method: str, error: str) -> None:
+        self._errors.labels(method=method, error=error).inc()
+
+    async def api_call(self, api_method: str, **kwargs: Any) -> AsyncSlackResponse:
+        try:
+            return await super().api_call(api_method, **kwargs)
+        except SlackApiError as exc:
+            response = exc.response
+            error = response.get("error") if response is not None else None
+            status = getattr(response, "status_code", None)
+            self._count(api_method, slack_error_label(error, status))
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._count(api_method, type(exc).__name__)
+            raise
+
+    async def _upload_file(self, **kwargs: Any) -> Any:
+        try:
+            result = await super()._upload_file(**kwargs)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._count("files.upload", type(exc).__name__)
+            raise
+        if result.status != 200:
+            self._count("files.upload", slack_error_label(None, result.status))
+        return result
+
+
+def slack_client(
+    settings: Settings, token: str | None = None, *, metrics: Metrics | None = None
+) -> AsyncWebClient:
+    """The Web API client with slack_sdk's retry handlers (they are off by default); with
+    ``metrics``, one that counts its failures in ``billing_bot_slack_errors_total``."""
+    options: dict[str, Any] = {
+        "token": token or settings.SLACK_BOT_TOKEN,
+        "base_url": settings.SLACK_API_URL,
+        "retry_handlers": [
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
             AsyncRateLimitErrorRetryHandler(max_retry_count=3),
         ],
-    )
+    }
+    if metrics is None:
+        return AsyncWebClient(**options)
+    return CountingWebClient(errors=metrics.slack_errors, **options)
 
 
 def worker_name() -> str:
@@ -61,6 +113,7 @@ def atlas_client_with(
     settings: Settings, *, kind: str, public_id: str, secret: str, **options: Any
 ) -> AtlasClient:
     """An Atlas client for one set of credentials (a service account or an API key pair)."""
+    register_secret(secret)  # stored or just typed in: either way kept out of the logs
     if kind == CredentialKind.SERVICE_ACCOUNT:
         return AtlasClient.with_credentials(
             base_url=settings.MONGODB_ATLAS_BASE_URL,
@@ -82,6 +135,8 @@ class Deps:
 
     ``secrets`` encrypts stored Atlas credentials; when not given, the key is
     loaded (or generated, see ``bot.secrets``) the first time it is needed.
+    ``metrics`` is what ``GET /metrics`` shows; the Atlas clients built here for
+    stored credentials count their requests into it.
     """
 
     settings: Settings
@@ -91,6 +146,7 @@ class Deps:
     clock: Callable[[], datetime] = utcnow
     worker: str = field(default_factory=worker_name)
     secrets: SecretBox | None = None
+    metrics: Metrics = field(default_factory=Metrics, repr=False, compare=False)
     # Clients built from stored credentials, by (org, credential row, credential version):
     # a replaced credential gets a new client; all are closed in aclose.
     org_clients: dict[tuple[str, int, int], AtlasClient] = field(
@@ -162,7 +218,11 @@ class Deps:
                 f"The stored Atlas credentials of org {row.org_id} cannot be used: {exc}."
             ) from None
         return atlas_client_with(
-            self.settings, kind=row.kind, public_id=row.public_id, secret=secret
+            self.settings,
+            kind=row.kind,
+            public_id=row.public_id,
+            secret=secret,
+            request_counter=self.metrics.atlas_requests,
         )
 
     async def aclose(self) -> None:

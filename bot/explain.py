@@ -21,6 +21,26 @@ from bot.atlas import (
 )
 from storage import StorageError
 
+# Slack refusals only the operators can cure (a revoked or mistyped token, a missing scope).
+# Work that must not be lost (alerts, digests, cost results) waits for them instead of failing.
+AUTH_ERRORS = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "token_revoked",
+        "token_expired",
+        "account_inactive",
+        "missing_scope",
+    }
+)
+
+
+def slack_error(exc: SlackApiError) -> str:
+    """Slack's error code for a failed Web API call (`is_archived`, `ratelimited`, …)."""
+    response = exc.response
+    error = response.get("error") if response is not None else None
+    return error if isinstance(error, str) and error else "unknown_error"
+
 
 class Refusal(Exception):
     """A request the bot declines (not linked, not an admin, …); the message is shown as is."""
@@ -66,8 +86,25 @@ def explain(exc: BaseException) -> str:
     if isinstance(exc, StorageError):
         return "The bot's database is not answering right now; try again in a minute."
     if isinstance(exc, SlackApiError):
-        error = exc.response.get("error", "unknown_error") if exc.response else "unknown_error"
+        error = slack_error(exc)
+        status = exc.response.status_code if exc.response is not None else 0
+        if error == "is_archived":
+            return "This channel is archived: the bot cannot post here, so its links are disabled."
         if error == "not_in_channel":
             return "I am not a member of this channel: invite me with `/invite @Atlas Billing`."
+        if error == "channel_not_found":
+            return (
+                "I cannot see this channel [channel_not_found]: if it is private, invite me "
+                "with `/invite @Atlas Billing`."
+            )
+        if error in AUTH_ERRORS:
+            return (
+                f"Slack refused the bot's token [{error}]: the operators must check "
+                "SLACK_BOT_TOKEN and the app's scopes. The error was logged."
+            )
+        if status == 429 or error == "ratelimited":
+            return "Slack is rate limiting the bot [ratelimited]. Try again in a minute."
+        if status >= 500:
+            return f"Slack had a server error [{status}]. Try again in a minute."
         return f"Slack refused the bot's message [{error}]."
     return "Something went wrong inside the bot; the error was logged for the operators."

@@ -31,7 +31,9 @@ from typing import Any
 import aiohttp
 from slack_sdk.errors import SlackApiError
 
+from bot import channels
 from bot.deps import Deps
+from bot.explain import AUTH_ERRORS, slack_error
 from storage import outbox
 from storage.models import OutboxMessage
 
@@ -121,6 +123,7 @@ async def _deliver(deps: Deps, row: OutboxMessage) -> str:
     try:
         if row.attempts > 1 and (ts := await _already_posted(deps, row)):
             await deps.db.run(outbox.mark_sent, id=row.id, owner=deps.worker, message_ts=ts)
+            deps.metrics.posted(row.key)
             log.info("outbox %s was already posted (ts %s); recorded, not reposted", row.key, ts)
             return "recovered"
         file_id = row.file_id
@@ -161,15 +164,20 @@ async def _deliver(deps: Deps, row: OutboxMessage) -> str:
         )
         return "retried"
     await deps.db.run(outbox.mark_sent, id=row.id, owner=deps.worker, message_ts=posted["ts"])
+    deps.metrics.posted(row.key)
     return "sent"
 
 
 async def _failed_attempt(deps: Deps, row: OutboxMessage, exc: SlackApiError) -> str:
-    error = (
-        exc.response.get("error", "unknown_error") if exc.response is not None else "unknown_error"
-    )
+    error = slack_error(exc)
     status = exc.response.status_code if exc.response is not None else 0
-    if (
+    await channels.slack_refused(
+        deps, team_id=row.team_id, channel_id=row.channel_id, error=error, method="outbox post"
+    )
+    if error in AUTH_ERRORS:
+        # Operators fix tokens and scopes; until then the message waits, however long that is.
+        log.error("outbox %s: Slack refused the bot's token (%s); kept for later", row.key, error)
+    elif (
         error in PERMANENT
         or (400 <= status < 500 and status != 429)
         or row.attempts >= MAX_ATTEMPTS
@@ -182,7 +190,10 @@ async def _failed_attempt(deps: Deps, row: OutboxMessage, exc: SlackApiError) ->
         delay = float(retry_after) if retry_after else backoff(row.attempts)
     except ValueError:
         delay = backoff(row.attempts)
-    log.warning("outbox %s: Slack answered %s %s; retrying in %.0fs", row.key, status, error, delay)
+    if error not in AUTH_ERRORS:
+        log.warning(
+            "outbox %s: Slack answered %s %s; retrying in %.0fs", row.key, status, error, delay
+        )
     await deps.db.run(
         outbox.retry_later,
         id=row.id,

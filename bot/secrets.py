@@ -4,7 +4,9 @@
 need into ``.billing-bot-secret-key`` (mode 0600) in the data directory, next to
 the SQLite file (the working directory for PostgreSQL), and reused afterwards.
 Neither a key nor a secret is ever logged or put in an exception message; a key
-is named by its ``key_id``, a short fingerprint stored with each ciphertext.
+is named by its ``key_id``, a short fingerprint stored with each ciphertext. Each
+key and decrypted secret is registered with ``bot.logs`` so that, should one reach
+a log line anyway (inside a library's message, say), it is redacted there.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from bot.logs import register_secret
 from storage import credentials
 
 if TYPE_CHECKING:
@@ -63,6 +66,7 @@ class SecretBox:
                 f"{source} is not a Fernet key (32 url-safe base64-encoded bytes); "
                 f"make one with: {MAKE_KEY}"
             ) from None
+        register_secret(key)  # whichever key it is (configured, generated, --new-key)
         self.key_id = key_fingerprint(key)
         self.source = source
 
@@ -71,18 +75,22 @@ class SecretBox:
 
     def encrypt(self, plaintext: str) -> bytes:
         """The Fernet token of ``plaintext`` (random IV: equal secrets give different tokens)."""
+        register_secret(plaintext)  # a secret typed in at run time (`connect`) is one too
         return self._fernet.encrypt(plaintext.encode("utf-8"))
 
     def decrypt(self, token: bytes) -> str:
         """The secret back; ``SecretError`` if this key did not encrypt it (or it was altered)."""
         try:
-            return self._fernet.decrypt(bytes(token)).decode("utf-8")
+            secret = self._fernet.decrypt(bytes(token)).decode("utf-8")
         except (InvalidToken, UnicodeDecodeError):
             raise SecretError(
                 f"a stored secret cannot be decrypted with {self.source} (key id {self.key_id}): "
                 "it was encrypted with another key or altered; set BOT_SECRET_KEY to the key the "
                 "credentials were stored with (after `billing-bot secrets rotate`, the new key)"
             ) from None
+        # From now on the plaintext exists in this process: keep it out of every log line.
+        register_secret(secret)
+        return secret
 
 
 # ---- where the key comes from ----------------------------------------------------------------

@@ -1,9 +1,11 @@
 """``billing-bot serve``: the Bolt app on Starlette under uvicorn, or over Socket Mode.
 
-HTTP mode serves ``POST /slack/events`` (commands, actions, events) and
-``GET /healthz`` from one ASGI app; the scheduler lives in its lifespan, so it
-starts and stops with the server. Slack requests pass ``bot.slack_guard`` (size,
-signature, payload shape, retries) before Bolt dispatches them.
+HTTP mode serves ``POST /slack/events`` (commands, actions, events),
+``GET /healthz`` and ``GET /metrics`` (Prometheus) from one ASGI app; the
+scheduler lives in its lifespan, so it starts and stops with the server. Slack
+requests pass ``bot.slack_guard`` (size, signature, payload shape, retries)
+before Bolt dispatches them. Socket Mode has no HTTP server, so no ``/healthz``
+or ``/metrics`` either.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import uvicorn
 from slack_bolt.async_app import AsyncApp
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bot.app import build_app, build_deps
@@ -25,7 +27,7 @@ from bot.config import ConfigError, Settings
 from bot.deps import Deps
 from bot.jobs import Jobs
 from bot.slack_guard import SlackGuard
-from storage import StorageError
+from storage import StorageError, cost_queries
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +59,23 @@ def build_asgi(deps: Deps, app: AsyncApp) -> Starlette:
             status_code=200 if healthy else 503,
         )
 
+    async def metrics(request: Request) -> Response:
+        # Unsigned, like /healthz: it holds counts and fixed label values, no secret or user text.
+        try:
+            pending: int | None = await deps.db.run(cost_queries.pending_count)
+        except StorageError as exc:
+            log.warning("metrics: pending Cost Explorer queries unknown: %s", exc)
+            pending = None
+        body, content_type = deps.metrics.exposition(
+            accept=request.headers.get("accept"), cost_queries_pending=pending
+        )
+        return Response(body, headers={"Content-Type": content_type})
+
     return Starlette(
         routes=[
             Route("/slack/events", guard.handle, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
@@ -86,7 +101,9 @@ def serve(settings: Settings, *, port: int, host: str = "0.0.0.0") -> None:
         asyncio.run(_socket_mode(deps, app, settings.SLACK_APP_TOKEN))
         return
     log.info("serving Slack HTTP mode on %s:%s", host, port)
-    uvicorn.run(build_asgi(deps, app), host=host, port=port, http="httptools", log_level="info")
+    # log_config=None: uvicorn's loggers keep the process's handler (bot.logs), so its lines
+    # are JSON and redacted like the rest; their level is the root's (BOT_LOG_LEVEL).
+    uvicorn.run(build_asgi(deps, app), host=host, port=port, http="httptools", log_config=None)
 
 
 async def _socket_mode(deps: Deps, app: AsyncApp, app_token: str) -> None:

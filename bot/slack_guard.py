@@ -247,11 +247,24 @@ def _event(payload: dict[str, Any], body: bytes) -> Payload:
         if not _is_text(event_id):
             raise _malformed("event_callback needs an event_id")
         _slack_id(payload.get("team_id"), "team_id")
+        _entities(event, "event")
         # Slack's documented key for recognising a redelivered event.
         return Payload("event", payload, _key(b"event:" + event_id.encode()))
     if kind == "app_rate_limited":
         return Payload("event", payload, _key(body))
     raise _malformed("unknown event type")
+
+
+def _entities(part: dict[str, Any], where: str) -> None:
+    """`user` and `channel` are an ID or an object wherever Bolt looks for them (it tests
+    ``"id" in value`` on anything else and fails with a 500)."""
+    for name in ("user", "channel"):
+        value = part.get(name)
+        if value is not None and not isinstance(value, str | dict):
+            raise _malformed(f"{where}.{name} must be an ID or an object")
+    for name in ("item", "message", "previous_message", "assistant_thread"):
+        if isinstance(inner := part.get(name), dict):
+            _entities(inner, f"{where}.{name}")
 
 
 def _is_text(value: Any) -> bool:

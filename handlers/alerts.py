@@ -6,8 +6,11 @@ import logging
 from datetime import timedelta
 
 from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
 
+from bot import channels
 from bot.deps import Deps
+from bot.explain import explain, slack_error
 from bot.render.alerts import ACK_ACTION, SNOOZE_ACTION, acknowledged_message, snoozed_message
 from storage import alerts
 
@@ -47,7 +50,19 @@ def register(app: AsyncApp, deps: Deps) -> None:
                 alert = await deps.db.run(alerts.get_alert, id=alert.id)
                 user_id, now = alert.acknowledged_by or user_id, alert.acknowledged_at or now
             updated = acknowledged_message(message.get("blocks") or [], user_id=user_id, at=now)
-        await deps.slack.chat_update(channel=channel_id, ts=message["ts"], **updated.kwargs())
+        try:
+            await deps.slack.chat_update(channel=channel_id, ts=message["ts"], **updated.kwargs())
+        except SlackApiError as exc:
+            # The click is recorded already; only showing it in the message failed.
+            team_id = (body.get("team") or {}).get("id", "")
+            await channels.slack_refused(
+                deps,
+                team_id=team_id,
+                channel_id=channel_id,
+                error=slack_error(exc),
+                method="alert update",
+            )
+            await respond(text=explain(exc), response_type="ephemeral", replace_original=False)
 
     async def on_acknowledge(ack, body, action, respond) -> None:
         await click(ack, body, action, respond, snooze=False)

@@ -17,10 +17,11 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 
+from bot import channels
 from bot.atlas import AtlasError
 from bot.channels import require_admin
 from bot.deps import Deps
-from bot.explain import Refusal, explain
+from bot.explain import Refusal, explain, slack_error
 from handlers import connect as connect_handler
 from handlers import costs as costs_handler
 from handlers import grammar, links, settings, spend
@@ -47,6 +48,20 @@ HANDLERS: dict[type, Handler] = {
 
 EXPECTED = (AtlasError, StorageError, SlackApiError, Refusal)
 
+# The sub-command name of each parsed command, for the `subcommand` label of the metrics.
+SUBCOMMAND_OF: dict[type, str] = {
+    form.command: sub.name for sub in grammar.SUBCOMMANDS for form in sub.forms
+}
+
+
+def subcommand_label(text: str) -> str:
+    """The sub-command a bad command text was meant for, or ``unknown``: never the text
+    itself, so a metric label can only take a few values."""
+    words = text.split(maxsplit=1)
+    name = words[0].lower() if words else "help"
+    return name if name in grammar.NAMES else "unknown"
+
+
 # Work after the acknowledgement shares the event loop with the acknowledgements of
 # later commands. Letting only a few commands work at once keeps a burst of `pending`s
 # from starving the acks (bench/ack_latency.py); the others wait their turn.
@@ -60,9 +75,11 @@ def register(app: AsyncApp, deps: Deps) -> None:
         try:
             parsed = grammar.parse(command.get("text") or "", today=deps.today())
         except grammar.UsageError as exc:
+            deps.metrics.command(subcommand_label(command.get("text") or ""), "usage_error")
             await ack(response_type="ephemeral", text=str(exc))
             return
         if isinstance(parsed, grammar.Help):
+            deps.metrics.command("help", "ok")
             await ack(response_type="ephemeral", text=grammar.help_text(parsed.topic))
             return
         await ack()
@@ -76,12 +93,25 @@ def register(app: AsyncApp, deps: Deps) -> None:
         )
         # `connect` opens a form with a trigger that expires in 3 s: it never waits in line.
         gate = contextlib.nullcontext() if isinstance(parsed, grammar.Connect) else work
+        outcome = "failed"  # unless the handler returns or declines: counted in `finally`
         try:
             async with gate:
                 if grammar.needs_admin(parsed):
                     await require_admin(deps, invocation.user_id, "change this")
                 await HANDLERS[type(parsed)](invocation, parsed)
+            outcome = "ok"
         except EXPECTED as exc:
+            outcome = "refused" if isinstance(exc, Refusal) else "failed"
+            if isinstance(exc, SlackApiError):
+                await channels.slack_refused(
+                    deps,
+                    team_id=invocation.team_id,
+                    channel_id=invocation.channel_id,
+                    error=slack_error(exc),
+                    method=f"{type(parsed).__name__.lower()} answer",
+                )
             await invocation.ephemeral(explain(exc))
+        finally:
+            deps.metrics.command(SUBCOMMAND_OF[type(parsed)], outcome)
 
     app.command(COMMAND)(on_command)

@@ -330,7 +330,11 @@ def register(app: AsyncApp, deps: Deps) -> None:
             await ack(response_action="errors", errors=errors)
             return
         client = atlas_client_with(
-            deps.settings, kind=form.kind, public_id=form.public_id, secret=form.secret
+            deps.settings,
+            kind=form.kind,
+            public_id=form.public_id,
+            secret=form.secret,
+            request_counter=deps.metrics.atlas_requests,
         )
         try:
             try:

@@ -10,16 +10,23 @@ from handlers.invocation import Invocation
 
 
 async def link(invocation: Invocation, command: Link) -> None:
-    created = await channels.link(
+    outcome = await channels.link(
         invocation.deps,
         team_id=invocation.team_id,
         channel_id=invocation.channel_id,
         user_id=invocation.user_id,
         org_id=command.org_id,
     )
-    if created:
+    if outcome == "created":
         await invocation.post(
             notice(f"<@{invocation.user_id}> linked this channel to Atlas org `{command.org_id}`.")
+        )
+    elif outcome == "enabled":
+        await invocation.post(
+            notice(
+                f"<@{invocation.user_id}> turned the link to Atlas org `{command.org_id}` back on: "
+                "its threshold alerts and digests resume."
+            )
         )
     else:
         await invocation.ephemeral(f"This channel is already linked to org `{command.org_id}`.")
@@ -64,10 +71,16 @@ async def status(invocation: Invocation, command: Status) -> None:
             if schedule
             else "off"
         )
-        lines.append(
+        line = (
             f"• `{row.org_id}` (linked by <@{row.created_by}> on {row.created_at:%Y-%m-%d}): "
             f"threshold {limit}; digest {digest}"
         )
+        if row.disabled_at is not None:
+            line += (
+                f" — *disabled* since {row.disabled_at:%Y-%m-%d} ({row.disabled_reason}): no "
+                f"alerts or digests; `/atlas-billing link {row.org_id}` turns it back on"
+            )
+        lines.append(line)
     config = state.config
     if config and config.oncall_kind == "user":
         oncall = f"<@{config.oncall_id}>"

@@ -5,13 +5,25 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from storage.models import ChannelLink, utcnow
 
-__all__ = ["add_link", "all_links", "linked_org_ids", "links_for_channel", "remove_link"]
+__all__ = [
+    "ARCHIVED",
+    "add_link",
+    "all_links",
+    "disable_channel",
+    "enable_channel",
+    "enable_link",
+    "linked_org_ids",
+    "links_for_channel",
+    "remove_link",
+]
+
+ARCHIVED = "channel archived"
 
 _ORG_ID = re.compile(r"[0-9a-f]{24}")
 
@@ -81,6 +93,67 @@ def remove_link(session: Session, *, team_id: str, channel_id: str, org_id: str)
         )
     )
     return result.rowcount > 0
+
+
+def disable_channel(
+    session: Session, *, team_id: str, channel_id: str, reason: str, now: datetime | None = None
+) -> list[ChannelLink]:
+    """Disable the channel's enabled links (scheduled alerts and digests skip them).
+
+    Returns the links this call disabled: none when they already were, so the
+    caller audits and announces a change once however often it is noticed.
+    """
+    rows = session.exec(
+        update(ChannelLink)
+        .where(
+            col(ChannelLink.team_id) == team_id,
+            col(ChannelLink.channel_id) == channel_id,
+            col(ChannelLink.disabled_at).is_(None),
+        )
+        .values(disabled_at=now or utcnow(), disabled_reason=reason)
+        .returning(col(ChannelLink.id))
+    )
+    ids = [row[0] for row in rows]
+    return _by_ids(session, ids)
+
+
+def enable_channel(
+    session: Session, *, team_id: str, channel_id: str, reason: str
+) -> list[ChannelLink]:
+    """Enable the channel's links that were disabled for `reason`; returns those."""
+    rows = session.exec(
+        update(ChannelLink)
+        .where(
+            col(ChannelLink.team_id) == team_id,
+            col(ChannelLink.channel_id) == channel_id,
+            col(ChannelLink.disabled_reason) == reason,
+        )
+        .values(disabled_at=None, disabled_reason=None)
+        .returning(col(ChannelLink.id))
+    )
+    return _by_ids(session, [row[0] for row in rows])
+
+
+def enable_link(session: Session, *, link_id: int) -> bool:
+    """Enable one disabled link; False when it was not disabled."""
+    result = session.exec(
+        update(ChannelLink)
+        .where(col(ChannelLink.id) == link_id, col(ChannelLink.disabled_at).is_not(None))
+        .values(disabled_at=None, disabled_reason=None)
+    )
+    return result.rowcount > 0
+
+
+def _by_ids(session: Session, ids: list[int]) -> list[ChannelLink]:
+    if not ids:
+        return []
+    found = session.exec(
+        select(ChannelLink)
+        .where(col(ChannelLink.id).in_(ids))
+        .order_by(col(ChannelLink.org_id))
+        .execution_options(populate_existing=True)
+    )
+    return list(found)
 
 
 def links_for_channel(session: Session, *, team_id: str, channel_id: str) -> list[ChannelLink]:

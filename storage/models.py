@@ -110,6 +110,10 @@ class ChannelLink(SQLModel, table=True):
     org_id: str = Field(max_length=ORG_ID_LENGTH, index=True)
     created_by: str = Field(max_length=SLACK_ID_LENGTH)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
+    # Set when the channel was archived: scheduled alerts and digests skip the link until the
+    # channel is unarchived or the org is linked again (the link and its settings are kept).
+    disabled_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    disabled_reason: str | None = Field(default=None, max_length=64)
 
 
 # --- Cost Explorer queries -------------------------------------------------------------------

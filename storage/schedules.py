@@ -114,13 +114,16 @@ def due_schedules(
 ) -> list[tuple[ChannelLink, DigestSchedule]]:
     """Up to `limit` schedules whose `next_run_at` is at or before `now`, oldest first.
 
+    Links of archived channels are left out; their schedules stay due, so the one
+    digest missed is posted once the channel is back (the key stops a second one).
+
     Reading is not claiming: several replicas may get the same rows; `advance`
     decides which one runs each.
     """
     rows = session.exec(
         select(ChannelLink, DigestSchedule)
         .join(DigestSchedule, col(DigestSchedule.link_id) == col(ChannelLink.id))
-        .where(col(DigestSchedule.next_run_at) <= now)
+        .where(col(DigestSchedule.next_run_at) <= now, col(ChannelLink.disabled_at).is_(None))
         .order_by(col(DigestSchedule.next_run_at), col(DigestSchedule.id))
         .limit(limit)
     )

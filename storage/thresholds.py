@@ -58,10 +58,12 @@ def threshold_for(session: Session, *, link_id: int) -> Threshold | None:
 
 
 def all_thresholds(session: Session) -> list[tuple[ChannelLink, Threshold]]:
-    """Every link that has a threshold, with it; by org, then link (the job reads each org once)."""
+    """Every enabled link that has a threshold, with it; by org, then link (the job reads each
+    org once). Links of archived channels are left out."""
     rows = session.exec(
         select(ChannelLink, Threshold)
         .join(Threshold, col(Threshold.link_id) == col(ChannelLink.id))
+        .where(col(ChannelLink.disabled_at).is_(None))
         .order_by(col(ChannelLink.org_id), col(ChannelLink.id))
     )
     return [(link, threshold) for link, threshold in rows]

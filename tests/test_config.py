@@ -21,6 +21,8 @@ ALL_VARS = [
     "BOT_THRESHOLD_SECONDS",
     "BOT_DIGEST_SECONDS",
     "BOT_ADMINS",
+    "BOT_LOG_LEVEL",
+    "BOT_LOG_FORMAT",
 ]
 
 
@@ -43,6 +45,7 @@ def test_defaults_match_the_contract():
         60,
     )
     assert s.BOT_ADMINS == ()
+    assert (s.BOT_LOG_LEVEL, s.BOT_LOG_FORMAT) == (None, None)  # the command decides
     assert not s.has_atlas_credentials
 
 
@@ -81,6 +84,9 @@ def test_service_account_and_api_key_detection(monkeypatch):
         ("BOT_DIGEST_SECONDS", "-5", "BOT_DIGEST_SECONDS:"),
         ("BOT_ADMINS", "U1,robert'); DROP", "BOT_ADMINS:"),
         ("SLACK_APP_TOKEN", "xoxb-wrong-kind", "SLACK_APP_TOKEN:"),
+        ("BOT_LOG_LEVEL", "verbose", "BOT_LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR"),
+        ("BOT_LOG_LEVEL", "CRITICAL", "BOT_LOG_LEVEL: must be one of"),
+        ("BOT_LOG_FORMAT", "logfmt", "BOT_LOG_FORMAT: must be json or text"),
         (
             "MONGODB_ATLAS_CLIENT_ID",
             "mdb_sa_id_x",
@@ -101,3 +107,14 @@ def test_malformed_value_names_the_variable_in_one_line(monkeypatch, name, value
 def test_valid_fernet_key_is_accepted(monkeypatch):
     monkeypatch.setenv("BOT_SECRET_KEY", "x" * 43 + "=")
     assert load_settings().BOT_SECRET_KEY == "x" * 43 + "="
+
+
+@pytest.mark.parametrize(
+    ("level", "fmt", "expected"),
+    [("debug", "JSON", ("DEBUG", "json")), (" Warning ", "text", ("WARNING", "text"))],
+)
+def test_log_level_and_format_are_read_in_any_case(monkeypatch, level, fmt, expected):
+    monkeypatch.setenv("BOT_LOG_LEVEL", level)
+    monkeypatch.setenv("BOT_LOG_FORMAT", fmt)
+    s = load_settings()
+    assert expected == (s.BOT_LOG_LEVEL, s.BOT_LOG_FORMAT)

@@ -21,3 +21,17 @@ def test_manifest_declares_the_command_scopes_and_interactivity():
     assert interactivity["is_enabled"] is True
     assert interactivity["request_url"].endswith("/slack/events")
     assert "socket_mode_enabled" in manifest["settings"]
+
+
+def test_manifest_subscribes_to_the_channel_events_the_bot_handles():
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    events = manifest["settings"]["event_subscriptions"]
+    assert events["request_url"].endswith("/slack/events")
+    assert set(events["bot_events"]) == {
+        "channel_archive",
+        "channel_unarchive",
+        "group_archive",
+        "group_unarchive",
+    }
+    # Slack only delivers these events to an app with the read scopes.
+    assert {"channels:read", "groups:read"} <= set(manifest["oauth_config"]["scopes"]["bot"])

@@ -11,10 +11,14 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 
 from bot.atlas._errors import AtlasTransportError, Unauthorized, error_class
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ class ServiceAccountAuth(httpx.Auth):
     expired early). Concurrent requests share one fetch through a lock.
     Token requests go through ``token_client`` (the Atlas client's own
     ``httpx.AsyncClient``, bound with ``bind``) so they share its pool and
-    timeouts.
+    timeouts, and are counted with its requests (operations ``token``, ``revoke``).
     """
 
     requires_response_body = False
@@ -56,10 +60,16 @@ class ServiceAccountAuth(httpx.Auth):
         self._token: _Token | None = None
         self._lock: asyncio.Lock | None = None
         self._http: httpx.AsyncClient | None = None
+        self._requests: Counter | None = None
         self.fetches = 0
 
-    def bind(self, http: httpx.AsyncClient) -> None:
+    def bind(self, http: httpx.AsyncClient, *, request_counter: Counter | None = None) -> None:
         self._http = http
+        self._requests = request_counter
+
+    def _count(self, operation: str, status: str) -> None:
+        if self._requests is not None:
+            self._requests.labels(operation=operation, status=status).inc()
 
     def sync_auth_flow(self, request: httpx.Request):  # pragma: no cover - async only
         raise RuntimeError("ServiceAccountAuth works with httpx.AsyncClient only")
@@ -99,11 +109,13 @@ class ServiceAccountAuth(httpx.Auth):
                 headers={"Accept": "application/json"},
             )
         except httpx.HTTPError as exc:
+            self._count("token", "transport_error")
             raise AtlasTransportError(
                 f"could not reach the Atlas token endpoint: {type(exc).__name__}"
                 f"{': ' + str(exc) if str(exc) else ''}"
             ) from exc
         status = response.status_code
+        self._count("token", str(status))
         if status == 429 or status >= 500:
             # Atlas is busy or failing, not refusing the credentials: the client retries.
             raise error_class(status)(
@@ -134,12 +146,14 @@ class ServiceAccountAuth(httpx.Auth):
         if token is None or self._http is None:
             return
         try:
-            await self._http.post(
+            response = await self._http.post(
                 REVOKE_PATH,
                 data={"token": token.value, "token_type_hint": "access_token"},
                 auth=httpx.BasicAuth(self._client_id, self._client_secret),
             )
+            self._count("revoke", str(response.status_code))
         except httpx.HTTPError as exc:
+            self._count("revoke", "transport_error")
             # The token expires by itself within the hour; failing to revoke is only logged.
             log.info("could not revoke the Atlas access token: %s", exc)
 

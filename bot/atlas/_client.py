@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from datetime import date
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import ValidationError
@@ -40,6 +40,9 @@ from bot.atlas._ids import SERVICES
 from bot.atlas._media import Operation, media_type
 from bot.atlas._models import CostQuery, CostResult, CostRow, Invoice, InvoiceMetadata, NotReady
 
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
 log = logging.getLogger(__name__)
 
 API = "/api/atlas/v2"
@@ -52,6 +55,8 @@ class AtlasClient:
     Keyword-only construction; ``http_client`` may be injected (tests, shared
     pools). ``poll_timeout`` bounds a Cost Explorer poll: a ``102`` followed
     by silence ends as "not ready" after that many seconds instead of hanging.
+    ``request_counter``, when given, is a counter labelled ``operation`` and
+    ``status`` that counts every request sent (retries and token requests too).
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class AtlasClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         user_agent: str = "atlas-billing-bot/0.1",
+        request_counter: Counter | None = None,
     ) -> None:
         self._http = http_client or httpx.AsyncClient(
             base_url=base_url,
@@ -79,8 +85,9 @@ class AtlasClient:
         )
         self._owns_http = http_client is None
         self._auth = auth
+        self._requests = request_counter
         if isinstance(auth, ServiceAccountAuth):
-            auth.bind(self._http)
+            auth.bind(self._http, request_counter=request_counter)
         self._poll_timeout = poll_timeout
         self._max_retries = max_retries
         self._max_retry_seconds = max_retry_seconds
@@ -363,6 +370,8 @@ class AtlasClient:
             try:
                 response = await self._http.send(request, auth=self._auth, stream=stream)
             except not_ready_errors as exc:
+                # How Atlas's 102 reaches httpx (see cost_result): counted as the 102 it is.
+                self._count(operation, "102")
                 raise _NotReadySignal(type(exc).__name__) from None
             except (ServerError, RateLimited, AtlasTransportError) as exc:
                 # Raised by the auth flow: the token endpoint was busy or unreachable.
@@ -373,6 +382,7 @@ class AtlasClient:
                 await self._sleep(delay)
                 continue
             except httpx.TransportError as exc:
+                self._count(operation, "transport_error")
                 delay = self._retry_delay(attempt, deadline, None)
                 if delay is None:
                     raise AtlasTransportError(
@@ -388,6 +398,7 @@ class AtlasClient:
             status = response.status_code
             if self._envelope and accept == "json" and status == 200:
                 status = _enveloped_status(response)
+            self._count(operation, str(status))
             if status < 400:
                 return response
             if stream:
@@ -405,6 +416,10 @@ class AtlasClient:
                     await self._sleep(delay)
                     continue
             raise _api_error(status, _error_body(response), response, retry_after)
+
+    def _count(self, operation: Operation, status: str) -> None:
+        if self._requests is not None:
+            self._requests.labels(operation=operation.value, status=status).inc()
 
     def _retry_delay(
         self, attempt: int, deadline: float, retry_after: float | None

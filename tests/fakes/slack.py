@@ -204,6 +204,15 @@ class FakeSlack:
             self._channels[channel_id] = channel
         return channel
 
+    def archive_channel(self, channel_id: str) -> None:
+        """Archive the channel: from now on posting, updating and sharing files in it fail with
+        ``is_archived``, as Slack does; its history can still be read."""
+        with self._cond:
+            channel = self._channels.get(channel_id) or self.add_channel(
+                channel_id, name=channel_id.lower()
+            )
+            channel["is_archived"] = True
+
     def fail_next(
         self,
         method: str,
@@ -405,10 +414,14 @@ def _auth_test(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _channel_error(fake: FakeSlack, channel: str | None) -> dict[str, Any] | None:
+def _channel_error(
+    fake: FakeSlack, channel: str | None, *, writing: bool = True
+) -> dict[str, Any] | None:
     if not channel:
         return {"ok": False, "error": "channel_not_found"}
     known = fake._channels.get(channel)
+    if writing and known is not None and known["is_archived"]:
+        return {"ok": False, "error": "is_archived"}
     if known is not None and not known["is_member"]:
         return {"ok": False, "error": "not_in_channel"}
     return None
@@ -487,7 +500,7 @@ def _conversations_info(fake: FakeSlack, params: dict[str, Any]) -> dict[str, An
 def _history(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
     """Newest first, like Slack; message metadata only with ``include_all_metadata``."""
     channel = params.get("channel")
-    if (error := _channel_error(fake, channel)) is not None:
+    if (error := _channel_error(fake, channel, writing=False)) is not None:
         return error
     oldest = float(params.get("oldest") or 0)
     limit = int(params.get("limit") or 100)
@@ -827,6 +840,18 @@ class SlackDriver:
         form = self.command_body(text, **fields)
         return self.request(form, signature=signature, timestamp=timestamp, stale=stale)
 
+    def event_request(
+        self, payload: dict[str, Any], *, signature: Signature = "valid"
+    ) -> httpx.Request:
+        """An Events API delivery: a signed JSON body (build `payload` with `event_callback`)."""
+        body = json.dumps(payload)
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "Slackbot 1.0 (+https://api.slack.com/robots)",
+            **self.sign(body, signature=signature),
+        }
+        return httpx.Request("POST", self.url, content=body.encode(), headers=headers)
+
     def action_request(
         self,
         payload: dict[str, Any],
@@ -849,6 +874,10 @@ class SlackDriver:
     async def command(self, text: str, **options: Any) -> httpx.Response:
         """POST `/atlas-billing text`; options are `command_body`'s fields and the signing ones."""
         return await self.send(self.command_request(text, **options))
+
+    async def event(self, payload: dict[str, Any], **options: Any) -> httpx.Response:
+        """POST an Events API delivery (see `event_callback`)."""
+        return await self.send(self.event_request(payload, **options))
 
     async def action(self, payload: dict[str, Any], **options: Any) -> httpx.Response:
         """POST an interaction payload (block_actions, view_submission, …) as `payload=<json>`."""
@@ -950,6 +979,24 @@ def view_submission(
         "response_urls": [],
         "is_enterprise_install": False,
     }
+
+
+def event_callback(event: dict[str, Any], *, team_id: str = TEAM_ID) -> dict[str, Any]:
+    """An Events API delivery of `event` (``channel_archive`` and the like) as Slack wraps it."""
+    n = next(_event_ids)
+    return {
+        "token": "fake-verification-token",
+        "team_id": team_id,
+        "api_app_id": "A_FAKE",
+        "event": {"event_ts": f"{int(time.time())}.{n:06d}", **event},
+        "type": "event_callback",
+        "event_id": f"Ev{n:08d}",
+        "event_time": int(time.time()),
+        "authorizations": [{"team_id": team_id, "user_id": BOT_USER_ID, "is_bot": True}],
+    }
+
+
+_event_ids = itertools.count(1)
 
 
 def _join(origin: str) -> str:

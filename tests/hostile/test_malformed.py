@@ -127,6 +127,21 @@ JSON_BODIES = {
     "url_verification without challenge": '{"type": "url_verification"}',
     "event_callback without event": '{"type": "event_callback", "event_id": "Ev1", "team_id": "T1"}',
     "event_callback without event_id": '{"type": "event_callback", "event": {"type": "x"}, "team_id": "T1"}',
+    **{
+        f"event with {where} {value}": json.dumps(
+            {
+                "type": "event_callback",
+                "event_id": "Ev1",
+                "team_id": "T1",
+                "event": {"type": "channel_archive", **nest({name: value})},
+            }
+        )
+        for name, value in (("channel", 42), ("user", 7), ("channel", True))
+        for where, nest in (
+            (f"a {name} that is", lambda d: d),
+            (f"an item.{name} that is", lambda d: {"item": d}),
+        )
+    },
 }
 
 # (body or None for a well-formed command, content type, extra headers)

@@ -147,3 +147,51 @@ def test_losing_the_insert_race_keeps_the_callers_transaction(db: Database) -> N
     assert count_links(db) == 1
     with db.session() as session:
         assert [e.user_id for e in audit.entries(session)] == ["UB"]
+
+
+def _states(db: Database) -> dict[tuple[str, str, str], str | None]:
+    with db.session() as session:
+        return {
+            (r.team_id, r.channel_id, r.org_id): r.disabled_reason
+            for r in session.exec(select(ChannelLink))
+        }
+
+
+def test_disabling_a_channel_touches_only_its_enabled_links_once(db: Database) -> None:
+    with db.session() as session:
+        for team, channel, org in [
+            ("T1", "C1", ORG_A),
+            ("T1", "C1", ORG_B),
+            ("T1", "C2", ORG_A),
+            ("T2", "C1", ORG_A),  # the same channel ID in another workspace
+        ]:
+            links.add_link(session, team_id=team, channel_id=channel, org_id=org, created_by="U")
+    with db.session() as session:
+        first = links.disable_channel(session, team_id="T1", channel_id="C1", reason="archived")
+        again = links.disable_channel(session, team_id="T1", channel_id="C1", reason="other")
+    assert [r.org_id for r in first] == sorted([ORG_A, ORG_B])
+    assert all(r.disabled_at is not None for r in first)
+    assert again == []  # already disabled: nothing to audit twice, the first reason stays
+    assert _states(db) == {
+        ("T1", "C1", ORG_A): "archived",
+        ("T1", "C1", ORG_B): "archived",
+        ("T1", "C2", ORG_A): None,
+        ("T2", "C1", ORG_A): None,
+    }
+
+
+def test_enabling_undoes_only_the_given_reason_and_one_link_can_be_enabled(db: Database) -> None:
+    with db.session() as session:
+        a, _ = links.add_link(session, team_id="T1", channel_id="C1", org_id=ORG_A, created_by="U")
+        links.add_link(session, team_id="T1", channel_id="C1", org_id=ORG_B, created_by="U")
+        links.disable_channel(session, team_id="T1", channel_id="C1", reason="archived")
+        link_a = a.id
+    with db.session() as session:
+        assert links.enable_channel(session, team_id="T1", channel_id="C1", reason="other") == []
+    with db.session() as session:
+        assert links.enable_link(session, link_id=link_a) is True
+        assert links.enable_link(session, link_id=link_a) is False  # was not disabled any more
+    with db.session() as session:
+        enabled = links.enable_channel(session, team_id="T1", channel_id="C1", reason="archived")
+    assert [r.org_id for r in enabled] == [ORG_B] and enabled[0].disabled_at is None
+    assert set(_states(db).values()) == {None}
