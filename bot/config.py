@@ -81,12 +81,14 @@ class Settings(BaseSettings):
         try:
             url = make_url(value)
         except ArgumentError:
+            # Not a URL, so there is no password to mask: show only where it went wrong.
             raise ValueError(
                 "must be a SQLAlchemy URL such as sqlite:///billing-bot.db or "
-                f"postgresql+psycopg://user@host/db, got {value!r}"
+                "postgresql+psycopg://user@host/db"
             ) from None
         if url.get_backend_name() not in ("sqlite", "postgresql"):
-            raise ValueError(f"must be a sqlite:// or postgresql+psycopg:// URL, got {value!r}")
+            shown = url.render_as_string(hide_password=True)
+            raise ValueError(f"must be a sqlite:// or postgresql+psycopg:// URL, got {shown!r}")
         return value
 
     @field_validator("SLACK_APP_TOKEN")
@@ -177,6 +179,19 @@ class Settings(BaseSettings):
         return self.has_service_account or self.has_api_key
 
 
+# Variables whose values are never repeated in an error message.
+SECRET_VARIABLES = frozenset(
+    {
+        "SLACK_BOT_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "SLACK_APP_TOKEN",
+        "MONGODB_ATLAS_CLIENT_SECRET",
+        "MONGODB_ATLAS_PRIVATE_API_KEY",
+        "BOT_SECRET_KEY",
+    }
+)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the environment (and ``.env``); raise ``ConfigError`` naming the first bad variable."""
     try:
@@ -187,6 +202,9 @@ def load_settings(**overrides: object) -> Settings:
         name = ".".join(str(p) for p in error["loc"])
         if not name:  # a cross-field rule names its variable itself
             raise ConfigError(message) from None
-        if "got " not in message and error.get("input") is not None and error["loc"]:
+        if name in SECRET_VARIABLES:
+            # Saying what was typed would print the secret (or most of a mistyped one).
+            message = message.split(", got ", 1)[0]
+        elif "got " not in message and error.get("input") is not None and error["loc"]:
             message += f", got {error['input']!r}"
         raise ConfigError(f"{name}: {message}") from None

@@ -24,6 +24,7 @@ from sqlmodel import Session
 from bot.atlas import AtlasError, CostQuery, CostResult
 from bot.deps import Deps
 from bot.months import add_months
+from bot.render.blocks import escape
 from bot.render.chart import digest_chart_png
 from bot.render.digest import digest_message, summarise_digest
 from bot.schedule import next_run, reported_month
@@ -226,7 +227,7 @@ def record_failure(
         channel_id=row.channel_id,
         payload={
             "text": f"The Atlas digest for org {row.org_id} ({row.digest_month}) could not "
-            f"be produced: {reason}"
+            f"be produced: {escape(reason)}"  # Atlas's words: no mentions, no links
         },
     )
     return True

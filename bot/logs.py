@@ -24,6 +24,8 @@ from urllib.parse import quote, quote_plus
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
+from bot.config import SECRET_VARIABLES
+
 if TYPE_CHECKING:
     from bot.config import Settings
 
@@ -32,15 +34,6 @@ REDACTED = "[REDACTED]"
 # ordinary words and numbers all over the logs.
 MIN_SECRET_LENGTH = 6
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
-# Settings fields that hold credentials (BOT_SECRET_KEY is the key of the stored ones).
-SECRET_SETTINGS = (
-    "SLACK_BOT_TOKEN",
-    "SLACK_SIGNING_SECRET",
-    "SLACK_APP_TOKEN",
-    "MONGODB_ATLAS_CLIENT_SECRET",
-    "MONGODB_ATLAS_PRIVATE_API_KEY",
-    "BOT_SECRET_KEY",
-)
 # Credentials recognised by their shape, registered or not. ``keep`` is the part kept.
 _SHAPES = (
     r"(?P<keep>\b(?i:bearer)\s+)[A-Za-z0-9\-._~+/]+=*",  # RFC 6750 b64token
@@ -211,7 +204,7 @@ def configure(
     """
     global _installed
     if settings is not None:
-        _redactor.register_all(getattr(settings, name) for name in SECRET_SETTINGS)
+        _redactor.register_all(getattr(settings, name) for name in SECRET_VARIABLES)
     fmt, level = format_and_level(settings, serving=serving)
     inner: logging.Formatter = (
         JsonLineFormatter() if fmt == "json" else TextFormatter(tracebacks=level == "DEBUG")

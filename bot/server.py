@@ -52,7 +52,9 @@ def build_asgi(deps: Deps, app: AsyncApp) -> Starlette:
             await asyncio.to_thread(deps.db.ping)
             checks["database"] = "ok"
         except StorageError as exc:
-            checks["database"] = f"unavailable: {exc}"
+            # The detail (host, driver error) is for the operators' logs, not for any caller.
+            log.warning("healthz: the database is unavailable: %s", exc)
+            checks["database"] = "unavailable"
         healthy = checks["database"] == "ok" and jobs.running
         return JSONResponse(
             {"status": "ok" if healthy else "degraded", **checks},

@@ -26,8 +26,10 @@ Lazy listeners re-parse the raw body; this app has none.
 Bolt for Python does nothing with Slack's retry headers, hence step 5. Requests are
 remembered by a hash of their signed body (Slack resends the identical body; the Events API
 by ``event_id``) for ten minutes, in memory: a retry landing on another replica, or after a
-restart, is processed again. Socket Mode (``SLACK_APP_TOKEN``) does not come through here. Retries are recognised by the header, which Slack does not
-sign; anyone able to strip it could as well replay the request within its five minutes.
+restart, is processed again. Socket Mode (``SLACK_APP_TOKEN``) does not come through here.
+A repeat is dropped with or without Slack's ``X-Slack-Retry-Num`` header: the header is not
+signed, and a genuine new request never has the same body (each command and click carries
+its own ``trigger_id``), so a repeat without it is a replay of a captured request.
 A request that Bolt answered with a 5xx (its listener failed before acknowledging) is
 forgotten, so Slack's retry of it is processed.
 """
@@ -367,12 +369,15 @@ class SlackGuard:
             level = logging.INFO if exc.status == 401 else logging.WARNING
             log.log(level, "refused a Slack request (%s): %s", exc.status, exc.reason)
             return JSONResponse({"error": exc.reason}, status_code=exc.status)
-        if payload.key is not None and retry and payload.key in self.recent:
-            log.info(
-                "dropped Slack retry %s (%r) of a request already taken",
-                retry,
-                request.headers.get("x-slack-retry-reason", "no reason given"),
-            )
+        if payload.key is not None and payload.key in self.recent:
+            if retry:
+                log.info(
+                    "dropped Slack retry %s (%r) of a request already taken",
+                    retry,
+                    request.headers.get("x-slack-retry-reason", "no reason given"),
+                )
+            else:
+                log.warning("dropped a replayed Slack request (same signed body as one taken)")
             return Response(status_code=200, headers={"X-Slack-No-Retry": "1"})
         if payload.key is not None:
             self.recent.add(payload.key)

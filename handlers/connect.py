@@ -24,12 +24,12 @@ from bot.atlas import AtlasError, Forbidden, InvalidInput, NotFound, Unauthorize
 from bot.atlas import validate_org_id as checked_org_id
 from bot.channels import is_admin
 from bot.deps import Deps, atlas_client_with
-from bot.explain import explain
+from bot.explain import Refusal, explain
 from bot.render.blocks import notice
 from bot.secrets import SecretError
 from handlers.grammar import Connect
 from handlers.invocation import Invocation
-from storage import StorageError, audit, credentials
+from storage import StorageError, audit, credentials, links
 from storage.models import CredentialKind, OrgCredential
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,14 @@ async def connect(invocation: Invocation, command: Connect) -> None:
     if not invocation.trigger_id:
         await invocation.ephemeral("Slack sent no trigger to open the form with; try again.")
         return
+    linking = await deps.db.run(links.channels_linking, org_id=command.org_id)
+    if linking and (invocation.team_id, invocation.channel_id) not in linking:
+        # The credentials serve every channel that follows the org: only one of those
+        # channels (or any, before the org is linked anywhere) may replace them.
+        raise Refusal(
+            f"Org `{command.org_id}` is followed by other channels, not this one: connect it "
+            "from one of them."
+        )
     existing = await deps.db.run(credentials.get_credential, org_id=command.org_id)
     view = connect_view(
         org_id=command.org_id,

@@ -15,6 +15,7 @@ __all__ = [
     "ARCHIVED",
     "add_link",
     "all_links",
+    "channels_linking",
     "disable_channel",
     "enable_channel",
     "enable_link",
@@ -186,3 +187,13 @@ def linked_org_ids(session: Session) -> list[str]:
     return list(
         session.exec(select(ChannelLink.org_id).distinct().order_by(col(ChannelLink.org_id)))
     )
+
+
+def channels_linking(session: Session, *, org_id: str) -> list[tuple[str, str]]:
+    """(team, channel) of every link to the org, sorted."""
+    rows = session.exec(
+        select(ChannelLink.team_id, ChannelLink.channel_id)
+        .where(ChannelLink.org_id == _org_id(org_id))
+        .order_by(col(ChannelLink.team_id), col(ChannelLink.channel_id))
+    )
+    return [(team, channel) for team, channel in rows]

@@ -118,3 +118,25 @@ def test_log_level_and_format_are_read_in_any_case(monkeypatch, level, fmt, expe
     monkeypatch.setenv("BOT_LOG_FORMAT", fmt)
     s = load_settings()
     assert expected == (s.BOT_LOG_LEVEL, s.BOT_LOG_FORMAT)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BOT_SECRET_KEY", "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5d2FsZG8="),
+        ("SLACK_BOT_TOKEN", "oops-xoxb-123456789012-abcdefghijklmnop"),
+        ("SLACK_APP_TOKEN", "xoxb-not-an-app-token-123456789"),
+    ],
+)
+def test_a_malformed_secret_is_never_repeated_in_the_error(name, value):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_env_file=None, **{name: value})
+    message = str(caught.value)
+    assert message.startswith(f"{name}: ")
+    assert value not in message and value[:12] not in message
+
+
+def test_a_database_url_error_masks_its_password():
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_env_file=None, DATABASE_URL="mysql://user:hunter2secret@db/x")
+    assert "hunter2secret" not in str(caught.value) and "***" in str(caught.value)

@@ -180,7 +180,7 @@ def costs_result_message(
 
 
 def costs_failed_message(org_id: str, start: date, end: date, reason: str, user_id: str) -> Message:
-    text = f"Cost Explorer query for org {org_id} failed: {reason}"
+    text = f"Cost Explorer query for org {org_id} failed: {escape(reason)}"
     blocks: list[Block] = [
         SectionBlock(
             text=_md(

@@ -15,7 +15,7 @@ from sqlalchemy import inspect, text
 from bot.secrets import SecretBox
 from handlers.connect import CALLBACK_ID
 from storage import audit, credentials
-from tests.app.conftest import CHANNEL, TEAM
+from tests.app.conftest import CHANNEL, OTHER_CHANNEL, TEAM
 from tests.fakes.slack import view_submission
 
 PENDING = "listInvoicePending"
@@ -130,6 +130,19 @@ async def test_non_admins_cannot_open_it(bot, org_id):
     responses = await bot.fake.wait_for_async(lambda: bot.fake.responses)
     assert "Only workspace admins" in responses[-1].body["text"]
     assert bot.fake.views == []
+
+
+async def test_only_a_channel_following_the_org_may_connect_it_once_it_is_linked(bot, org_id):
+    # Linked elsewhere only: this channel may not replace the credentials every follower uses.
+    bot.link(org_id, channel=OTHER_CHANNEL)
+    await bot.command(f"connect {org_id}")
+    responses = await bot.fake.wait_for_async(lambda: bot.fake.responses)
+    assert "followed by other channels" in responses[-1].body["text"]
+    assert bot.fake.views == []
+    # A channel that follows it may.
+    bot.link(org_id)
+    view = await open_modal(bot, org_id)
+    assert json.loads(view["private_metadata"])["channel_id"] == CHANNEL
 
 
 # ---- storing and using --------------------------------------------------------------------------

@@ -94,3 +94,17 @@ async def test_a_retried_button_click_is_processed_once(bot, org):
     assert [r.body["text"] for r in bot.fake.responses] == [
         "This alert is not known here any more."
     ]
+
+
+async def test_a_replayed_request_without_retry_headers_is_dropped_too(bot, org):
+    # Someone who captured a signed request resends it, re-signed within the five minutes
+    # or not, without Slack's (unsigned) retry header: still processed once.
+    bot.link(org.id)
+    form = bot.driver.command_body("pending")
+    assert (await bot.driver.send(bot.driver.request(form))).status_code == 200
+    await bot.fake.wait_for_async(lambda: bot.fake.calls_to("chat.postMessage"))
+    replay = bot.driver.request(form, timestamp=int(time.time()) + 2)
+    assert "X-Slack-Retry-Num" not in replay.headers
+    assert dropped(await bot.driver.send(replay))
+    assert len(bot.fake.calls_to("chat.postMessage")) == 1
+    assert pending_calls(bot) == 1
