@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
+    def __repr_args__(self):
+        # repr(settings), and so repr(deps), a debugger or a crash reporter capturing locals,
+        # shows which secrets are set, never their values.
+        for name, value in super().__repr_args__():
+            yield name, ("**********" if value and name in SECRET_VARIABLES else value)
+
     MONGODB_ATLAS_BASE_URL: str = "https://cloud.mongodb.com"
     MONGODB_ATLAS_CLIENT_ID: str | None = None
     MONGODB_ATLAS_CLIENT_SECRET: str | None = None

@@ -28,7 +28,7 @@ from bot.atlas import (
     ServerError,
 )
 from bot.deps import Deps
-from bot.explain import AUTH_ERRORS, explain, slack_error
+from bot.explain import AUTH_ERRORS, Refusal, explain, slack_error
 from bot.render.blocks import (
     Message,
     costs_failed_message,
@@ -37,12 +37,15 @@ from bot.render.blocks import (
 )
 from storage import cost_queries
 from storage.models import CostQuery as StoredQuery
-from storage.models import QueryStatus
+from storage.models import QueryStatus, to_json
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 300.0
 MAX_AGE = timedelta(hours=2)
+# Open `costs` queries allowed at once, per person and per channel (see `_check_quota`).
+MAX_OPEN_PER_USER = 3
+MAX_OPEN_PER_CHANNEL = 10
 CLAIM_LIMIT = 50
 
 
@@ -66,10 +69,11 @@ async def start(
 
     An Atlas error turns the "started" message into the error and propagates.
     """
+    query = CostQuery(start=start, end=end, group_by=group_by, organizations=(org_id,))
+    await _check_quota(deps, team_id=team_id, channel_id=channel_id, user_id=user_id, query=query)
     started = costs_started_message(org_id, start, end, group_by, user_id)
     posted = await deps.slack.chat_postMessage(channel=channel_id, **started.kwargs())
     message_ts = posted["ts"]
-    query = CostQuery(start=start, end=end, group_by=group_by, organizations=(org_id,))
     try:
         token = await deps.atlas_for(org_id).create_cost_query(org_id, query)
     except AtlasError as exc:
@@ -89,6 +93,37 @@ async def start(
         next_poll_at=now + timedelta(seconds=deps.settings.BOT_POLL_SECONDS),
         now=now,
     )
+
+
+async def _check_quota(
+    deps: Deps, *, team_id: str, channel_id: str, user_id: str, query: CostQuery
+) -> None:
+    """Refuse a query identical to one still running here, or one too many.
+
+    Anyone in a linked channel may start queries, and each is polled for up to two
+    hours against the org's Atlas rate limit, which alerts and digests share: a cap
+    per person and per channel keeps one member from crowding them out.
+    """
+    running = await deps.db.run(
+        cost_queries.open_chat_queries, team_id=team_id, channel_id=channel_id
+    )
+    body = to_json(query.body())
+    for row in running:
+        if row.params == body:
+            raise Refusal(
+                f"The same query (started by <@{row.requested_by}>) is still running: its "
+                "result will be posted here."
+            )
+    mine = sum(row.requested_by == user_id for row in running)
+    if mine >= MAX_OPEN_PER_USER:
+        raise Refusal(
+            f"You have {mine} Cost Explorer queries running here; wait for one to finish."
+        )
+    if len(running) >= MAX_OPEN_PER_CHANNEL:
+        raise Refusal(
+            f"This channel has {len(running)} Cost Explorer queries running; wait for one "
+            "to finish."
+        )
 
 
 @dataclass(frozen=True)
@@ -198,14 +233,17 @@ async def _finish(
             await deps.db.run(cost_queries.set_message, id=row.id, message_ts=posted["ts"])
     except SlackApiError as exc:
         refusal = slack_error(exc)
-        if exc.response.status_code == 429 or exc.response.status_code >= 500:
-            log.warning("cost query %s: Slack is unavailable (%s); retrying", row.id, refusal)
+        unavailable = exc.response.status_code == 429 or exc.response.status_code >= 500
+        waits = unavailable or refusal in AUTH_ERRORS
+        if waits and deps.clock() - row.created_at <= MAX_AGE:
+            if unavailable:
+                log.warning("cost query %s: Slack is unavailable (%s); retrying", row.id, refusal)
+            else:
+                # The operators fix the token; the result waits for them (until MAX_AGE).
+                log.error("cost query %s: Slack refused the bot's token (%s)", row.id, refusal)
             return await _reschedule(deps, row)
-        if refusal in AUTH_ERRORS:
-            # The operators fix the token; the result waits for them (until the query expires).
-            log.error("cost query %s: Slack refused the bot's token (%s)", row.id, refusal)
-            return await _reschedule(deps, row)
-        # The channel is gone or the bot was removed: nobody can be told, so stop polling.
+        # The channel is gone or the bot was removed, or Slack has not taken the outcome
+        # within MAX_AGE: nobody can be told, so stop polling.
         log.warning("cost query %s: Slack refused the result: %s", row.id, refusal)
         await channels.slack_refused(
             deps,
@@ -214,6 +252,7 @@ async def _finish(
             error=refusal,
             method="cost query result",
         )
-        status, error = QueryStatus.FAILED, f"slack: {refusal}"
+        status = QueryStatus.EXPIRED if waits else QueryStatus.FAILED
+        error = f"slack: {refusal}"
     await deps.db.run(cost_queries.finish, id=row.id, owner=deps.worker, status=status, error=error)
     return status

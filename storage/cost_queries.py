@@ -43,6 +43,7 @@ __all__ = [
     "digest_query",
     "finish",
     "get_query",
+    "open_chat_queries",
     "pending_count",
     "reschedule",
     "set_message",
@@ -223,3 +224,19 @@ def pending_count(session: Session) -> int:
         .select_from(CostQuery)
         .where(col(CostQuery.status) == QueryStatus.PENDING.value)
     ).one()
+
+
+def open_chat_queries(session: Session, *, team_id: str, channel_id: str) -> list[CostQuery]:
+    """The channel's `costs` queries still waiting for their result, oldest first."""
+    return list(
+        session.exec(
+            select(CostQuery)
+            .where(
+                col(CostQuery.team_id) == team_id,
+                col(CostQuery.channel_id) == channel_id,
+                col(CostQuery.purpose) == QueryPurpose.CHAT.value,
+                col(CostQuery.status) == QueryStatus.PENDING.value,
+            )
+            .order_by(col(CostQuery.created_at), col(CostQuery.id))
+        )
+    )

@@ -140,3 +140,23 @@ def test_a_database_url_error_masks_its_password():
     with pytest.raises(ConfigError) as caught:
         load_settings(_env_file=None, DATABASE_URL="mysql://user:hunter2secret@db/x")
     assert "hunter2secret" not in str(caught.value) and "***" in str(caught.value)
+
+
+def test_the_repr_of_settings_and_deps_never_shows_a_secret(tmp_path):
+    from bot.deps import Deps
+
+    secrets = {
+        "SLACK_BOT_TOKEN": "xoxb-1234567890-secret-token",
+        "SLACK_SIGNING_SECRET": "signing-secret-value-123",
+        "MONGODB_ATLAS_CLIENT_ID": "mdb_sa_id_0123456789abcdef01234567",
+        "MONGODB_ATLAS_CLIENT_SECRET": "mdb_sa_sk_client-secret-value",
+        "BOT_SECRET_KEY": "x5Nq0c3mB0o3Z3m8yQm5s9c0l1r2Yt6N8aJk4P7wXzE=",
+    }
+    settings = load_settings(_env_file=None, **secrets)
+    deps = Deps(settings=settings, atlas=None, db=None, slack=None)  # type: ignore[arg-type]
+    for shown in (repr(settings), str(settings), repr(deps)):
+        for name, value in secrets.items():
+            if name == "MONGODB_ATLAS_CLIENT_ID":
+                assert value in shown  # not a secret: it names the service account
+            else:
+                assert value not in shown and f"{name}='**********'" in shown

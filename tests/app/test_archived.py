@@ -15,7 +15,7 @@ from bot import outbox as outbox_job
 from storage import audit, schedules, thresholds
 from storage.models import ChannelLink, CostQuery, OutboxMessage
 from tests.app.conftest import CHANNEL, OTHER_CHANNEL
-from tests.app.helpers import replica_with_clock
+from tests.app.helpers import eventually, replica_with_clock
 from tests.fakes.slack import event_callback
 
 
@@ -58,7 +58,7 @@ async def _event(bot, kind: str, channel: str = CHANNEL, *, audited: tuple[str, 
     response = await bot.driver.event(payload)
     assert response.status_code == 200, response.text
     action, count = audited
-    await bot.fake.wait_for_async(lambda: len(_audit(bot, action)) == count)
+    await eventually(lambda: len(_audit(bot, action)) == count, what=f"{count} {action} entries")
 
 
 async def test_the_archive_event_disables_the_channels_links_and_stops_alerts_and_digests(
