@@ -17,6 +17,7 @@ from bot.atlas import AtlasClient
 from bot.config import Settings
 from bot.credentials import atlas_client
 from bot.deps import Deps, slack_client
+from bot.explain import UNEXPECTED
 from bot.metrics import Metrics
 from storage import Database
 
@@ -47,17 +48,17 @@ def build_deps(
     )
 
 
-def build_app(deps: Deps, *, process_before_response: bool = False) -> AsyncApp:
+def build_app(deps: Deps) -> AsyncApp:
     """The Bolt app with every listener registered.
 
-    ``process_before_response`` stays False for ``serve``: Bolt answers Slack as
-    soon as a listener awaits ``ack()`` and the work goes on after. The shell
-    sets it so each line's work is finished before the next line is read.
+    Listeners run inline (``process_before_response=True``): each acknowledges
+    Slack, hands its slow work to ``deps.background`` and returns, so the
+    acknowledgement is sent at once (see ``bot.background``).
     """
     app = AsyncApp(
         client=deps.slack,
         signing_secret=deps.settings.SLACK_SIGNING_SECRET or "",
-        process_before_response=process_before_response,
+        process_before_response=True,
     )
     handlers.register(app, deps)
 
@@ -66,7 +67,7 @@ def build_app(deps: Deps, *, process_before_response: bool = False) -> AsyncApp:
         log.exception("unexpected error handling a Slack request", exc_info=error)
         if respond is not None and body.get("response_url"):
             await respond(
-                text="Something went wrong inside the bot; the error was logged for the operators.",
+                text=UNEXPECTED,
                 response_type="ephemeral",
                 replace_original=False,
             )

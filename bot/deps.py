@@ -28,6 +28,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.atlas import AtlasClient, AtlasError
+from bot.background import Background
 from bot.config import Settings
 from bot.logs import register_secret
 from bot.metrics import Metrics, slack_error_label
@@ -147,6 +148,8 @@ class Deps:
     worker: str = field(default_factory=worker_name)
     secrets: SecretBox | None = None
     metrics: Metrics = field(default_factory=Metrics, repr=False, compare=False)
+    # Listeners' work after their acknowledgement (awaited in place in the shell).
+    background: Background = field(default_factory=Background, repr=False, compare=False)
     # Clients built from stored credentials, by (org, credential row, credential version):
     # a replaced credential gets a new client; all are closed in aclose.
     org_clients: dict[tuple[str, int, int], AtlasClient] = field(

@@ -5,7 +5,11 @@ Handlers, jobs and the CLI call ``explain``; nobody else words an error.
 
 from __future__ import annotations
 
-from slack_sdk.errors import SlackApiError
+import logging
+import re
+
+from slack_sdk.errors import SlackApiError, SlackRequestError
+from slack_sdk.web.slack_response import SlackResponse
 
 from bot.atlas import (
     AtlasAPIError,
@@ -21,6 +25,8 @@ from bot.atlas import (
 )
 from storage import StorageError
 
+log = logging.getLogger(__name__)
+
 # Slack refusals only the operators can cure (a revoked or mistyped token, a missing scope).
 # Work that must not be lost (alerts, digests, cost results) waits for them instead of failing.
 AUTH_ERRORS = frozenset(
@@ -33,6 +39,29 @@ AUTH_ERRORS = frozenset(
         "missing_scope",
     }
 )
+
+
+def upload_error(exc: SlackRequestError) -> SlackApiError:
+    """A failed upload POST of ``files_upload_v2`` as the ``SlackApiError`` callers expect.
+
+    slack_sdk raises ``SlackRequestError("Failed to upload a file (status: 500, …)")`` there,
+    with the HTTP status in the message only; the Web API steps raise ``SlackApiError``.
+    """
+    match = re.search(r"\(status: (\d{3})\b", str(exc))
+    response = SlackResponse(
+        client=None,
+        http_verb="POST",
+        api_url="files.upload",
+        req_args={},
+        data={"ok": False},
+        headers={},
+        status_code=int(match.group(1)) if match else 0,
+    )
+    return SlackApiError(str(exc), response)
+
+
+# What the user reads when the bot itself failed: the detail is in the operators' log.
+UNEXPECTED = "Something went wrong inside the bot; the error was logged for the operators."
 
 
 def slack_error(exc: SlackApiError) -> str:
@@ -98,6 +127,9 @@ def explain(exc: BaseException) -> str:
                 "with `/invite @Atlas Billing`."
             )
         if error in AUTH_ERRORS:
+            # The line says it was logged: log it here, so that is true wherever it is shown.
+            method = getattr(exc.response, "api_url", "").rsplit("/", 1)[-1]
+            log.error("Slack refused the bot's token [%s] on %s", error, method or "a call")
             return (
                 f"Slack refused the bot's token [{error}]: the operators must check "
                 "SLACK_BOT_TOKEN and the app's scopes. The error was logged."
@@ -107,4 +139,4 @@ def explain(exc: BaseException) -> str:
         if status >= 500:
             return f"Slack had a server error [{status}]. Try again in a minute."
         return f"Slack refused the bot's message [{error}]."
-    return "Something went wrong inside the bot; the error was logged for the operators."
+    return UNEXPECTED

@@ -29,11 +29,11 @@ from datetime import timedelta
 from typing import Any
 
 import aiohttp
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackRequestError
 
 from bot import channels
 from bot.deps import Deps
-from bot.explain import AUTH_ERRORS, slack_error
+from bot.explain import AUTH_ERRORS, slack_error, upload_error
 from storage import outbox
 from storage.models import OutboxMessage
 
@@ -152,6 +152,8 @@ async def _deliver(deps: Deps, row: OutboxMessage) -> str:
         )
     except SlackApiError as exc:
         return await _failed_attempt(deps, row, exc)
+    except SlackRequestError as exc:  # the chart's upload POST failed (a 5xx, or a 429)
+        return await _failed_attempt(deps, row, upload_error(exc))
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         # The request may or may not have reached Slack: the retry checks the history first.
         log.warning("outbox %s: no answer from Slack (%s); retrying", row.key, exc)
@@ -180,7 +182,7 @@ async def _failed_attempt(deps: Deps, row: OutboxMessage, exc: SlackApiError) ->
     elif (
         error in PERMANENT
         or (400 <= status < 500 and status != 429)
-        or row.attempts >= MAX_ATTEMPTS
+        or (row.attempts >= MAX_ATTEMPTS and status != 429)  # a 429 only ever means "later"
     ):
         log.error("outbox %s: Slack refused it for good (%s); not retried", row.key, error)
         await deps.db.run(outbox.mark_failed, id=row.id, owner=deps.worker, error=f"slack: {error}")

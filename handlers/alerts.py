@@ -10,7 +10,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot import channels
 from bot.deps import Deps
-from bot.explain import explain, slack_error
+from bot.explain import UNEXPECTED, explain, slack_error
 from bot.render.alerts import ACK_ACTION, SNOOZE_ACTION, acknowledged_message, snoozed_message
 from storage import alerts
 
@@ -27,6 +27,17 @@ def _alert_id(action: dict) -> int | None:
 def register(app: AsyncApp, deps: Deps) -> None:
     async def click(ack, body: dict, action: dict, respond, *, snooze: bool) -> None:
         await ack()
+        await deps.background.run(guarded(body, action, respond, snooze=snooze))
+
+    async def guarded(body: dict, action: dict, respond, *, snooze: bool) -> None:
+        try:
+            await record(body, action, respond, snooze=snooze)
+        except Exception:
+            log.exception("unexpected error handling an alert button")
+            await respond(text=UNEXPECTED, response_type="ephemeral", replace_original=False)
+
+    async def record(body: dict, action: dict, respond, *, snooze: bool) -> None:
+        """Store the click, then show it in the alert (after Slack has its acknowledgement)."""
         alert_id = _alert_id(action)
         user_id = (body.get("user") or {}).get("id", "")
         channel_id = (body.get("channel") or {}).get("id", "")

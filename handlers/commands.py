@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,12 +22,14 @@ from bot import channels
 from bot.atlas import AtlasError
 from bot.channels import require_admin
 from bot.deps import Deps
-from bot.explain import Refusal, explain, slack_error
+from bot.explain import UNEXPECTED, Refusal, explain, slack_error
 from handlers import connect as connect_handler
 from handlers import costs as costs_handler
 from handlers import grammar, links, settings, spend
 from handlers.invocation import Invocation
 from storage import StorageError
+
+log = logging.getLogger(__name__)
 
 COMMAND = "/atlas-billing"
 
@@ -91,6 +94,10 @@ def register(app: AsyncApp, deps: Deps) -> None:
             respond=respond,
             trigger_id=command.get("trigger_id"),
         )
+        await deps.background.run(carry_out(invocation, parsed))
+
+    async def carry_out(invocation: Invocation, parsed: grammar.Command) -> None:
+        """The work after the acknowledgement; every failure ends as one line to the caller."""
         # `connect` opens a form with a trigger that expires in 3 s: it never waits in line.
         gate = contextlib.nullcontext() if isinstance(parsed, grammar.Connect) else work
         outcome = "failed"  # unless the handler returns or declines: counted in `finally`
@@ -110,8 +117,21 @@ def register(app: AsyncApp, deps: Deps) -> None:
                     error=slack_error(exc),
                     method=f"{type(parsed).__name__.lower()} answer",
                 )
-            await invocation.ephemeral(explain(exc))
+            await _tell(invocation, explain(exc))
+        except Exception:
+            log.exception(
+                "unexpected error handling /atlas-billing %s", SUBCOMMAND_OF[type(parsed)]
+            )
+            await _tell(invocation, UNEXPECTED)
         finally:
             deps.metrics.command(SUBCOMMAND_OF[type(parsed)], outcome)
 
     app.command(COMMAND)(on_command)
+
+
+async def _tell(invocation: Invocation, text: str) -> None:
+    """An ephemeral line to the caller; if even that fails, the log has it."""
+    try:
+        await invocation.ephemeral(text)
+    except Exception:
+        log.exception("could not tell the caller: %s", text)

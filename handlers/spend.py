@@ -6,8 +6,11 @@ import asyncio
 import tempfile
 from pathlib import Path
 
+from slack_sdk.errors import SlackRequestError
+
 from bot import billing, channels
 from bot.atlas.invoice_csv import summarise_invoice_csv_file
+from bot.explain import upload_error
 from bot.render.blocks import invoice_message, pending_message
 from handlers.grammar import Invoice, Pending
 from handlers.invocation import Invocation
@@ -34,9 +37,14 @@ async def invoice(invocation: Invocation, command: Invoice) -> None:
             await client.download_invoice_csv(org_id, command.invoice_id, sink)
         rows = (await asyncio.to_thread(summarise_invoice_csv_file, path)).row_count
         await invocation.post(invoice_message(summary, csv_rows=rows))
-        await deps.slack.files_upload_v2(
-            channel=invocation.channel_id,
-            file=str(path),
-            filename=path.name,
-            title=f"Atlas invoice {command.invoice_id} ({rows:,} rows)",
-        )
+        try:
+            await deps.slack.files_upload_v2(
+                channel=invocation.channel_id,
+                file=str(path),
+                filename=path.name,
+                title=f"Atlas invoice {command.invoice_id} ({rows:,} rows)",
+            )
+        except SlackRequestError as exc:
+            # The upload POST failed (a 5xx, or a 429 past slack_sdk's retries): reported like a
+            # refusal of the Web API steps, not as an unexpected error.
+            raise upload_error(exc) from exc

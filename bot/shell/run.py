@@ -27,6 +27,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot.app import build_app, build_deps
 from bot.atlas import AtlasClient
+from bot.background import Background
 from bot.config import Settings
 from bot.credentials import atlas_client
 from bot.deps import Deps, slack_client
@@ -98,7 +99,13 @@ class Shell:
         )
         db = Database(database_url)
         db.upgrade()
-        deps = build_deps(settings, atlas=atlas, slack=slack_client(settings), db=db)
+        deps = build_deps(
+            settings,
+            atlas=atlas,
+            slack=slack_client(settings),
+            db=db,
+            background=Background(inline=True),  # each line's work is done before the next
+        )
         if org:
             with db.session() as session:
                 links.add_link(
@@ -109,7 +116,7 @@ class Shell:
                     created_by=SHELL_USER,
                 )
             self._echo(f"This shell's channel #{SHELL_CHANNEL} is linked to org {org}.\n")
-        return deps, build_app(deps, process_before_response=True)
+        return deps, build_app(deps)
 
     def close(self) -> None:
         for server in self._servers:

@@ -66,6 +66,7 @@ class _Fault:
     error: str
     retry_after: int | None
     times: int
+    applied: bool = False
 
 
 @dataclass
@@ -140,6 +141,7 @@ class FakeSlack:
             self._ephemerals: list[dict[str, Any]] = []
             self._views: list[dict[str, Any]] = []
             self._uploads: dict[str, Upload] = {}
+            self._upload_posts: list[str] = []
             self._responses: list[Response] = []
             self._faults: dict[str, deque[_Fault]] = {}
             self._delays: dict[str, _Delay] = {}
@@ -221,18 +223,21 @@ class FakeSlack:
         error: str | None = None,
         retry_after: int | None = None,
         times: int = 1,
+        applied: bool = False,
     ) -> None:
         """Make the next `times` calls of `method` fail (also "upload" and "response_url").
 
         Status 200 answers `ok: false` with `error`; 429 answers `ratelimited` with a
         Retry-After header (default 1 second); other statuses answer that status.
+        With `applied`, the call is carried out first and only its answer is the fault:
+        Slack did the work (the message is in the channel) but answered with an error.
         """
         if status == 429 and retry_after is None:
             retry_after = 1
         default = {200: "fatal_error", 429: "ratelimited"}.get(status, "internal_error")
         with self._cond:
             self._faults.setdefault(method, deque()).append(
-                _Fault(status, error or default, retry_after, times)
+                _Fault(status, error or default, retry_after, times, applied)
             )
 
     def delay(self, method: str, seconds: float, *, times: int | None = None) -> None:
@@ -287,6 +292,12 @@ class FakeSlack:
         """Files of the files_upload_v2 flow, in the order they were announced."""
         with self._cond:
             return list(self._uploads.values())
+
+    @property
+    def upload_posts(self) -> list[str]:
+        """The file ID of every POST to an upload URL (faulted ones too), oldest first."""
+        with self._cond:
+            return list(self._upload_posts)
 
     @property
     def responses(self) -> list[Response]:
@@ -353,29 +364,36 @@ class FakeSlack:
             try:
                 self._calls.append(Call(method, params))
                 fault = self._take_fault(method)
-                if fault is not None:
+                if fault is not None and not fault.applied:
                     return _fault_reply(fault)
-                if token is None:
-                    return _Reply.json({"ok": False, "error": "not_authed"})
-                if not token.startswith(("xoxb-", "xoxp-")):
-                    return _Reply.json({"ok": False, "error": "invalid_auth"})
-                serve = _METHODS.get(method)
-                if serve is None:
-                    return _Reply.json({"ok": False, "error": "unknown_method"})
-                return _Reply.json(serve(self, params))
+                reply = self._serve_method(method, params, token)
+                return reply if fault is None else _fault_reply(fault)
             finally:
                 self._cond.notify_all()
+
+    def _serve_method(self, method: str, params: dict[str, Any], token: str | None) -> _Reply:
+        if token is None:
+            return _Reply.json({"ok": False, "error": "not_authed"})
+        if not token.startswith(("xoxb-", "xoxp-")):
+            return _Reply.json({"ok": False, "error": "invalid_auth"})
+        serve = _METHODS.get(method)
+        if serve is None:
+            return _Reply.json({"ok": False, "error": "unknown_method"})
+        return _Reply.json(serve(self, params))
 
     def _upload(self, file_id: str, data: bytes) -> _Reply:
         with self._cond:
             try:
+                self._upload_posts.append(file_id)
                 fault = self._take_fault(UPLOAD)
-                if fault is not None:
-                    return _Reply.text(fault.status if fault.status != 200 else 500, fault.error)
+                if fault is not None and not fault.applied:
+                    return _upload_fault_reply(fault)
                 upload = self._uploads.get(file_id)
                 if upload is None:
                     return _Reply.text(404, "file not found")
                 upload.data = data
+                if fault is not None:
+                    return _upload_fault_reply(fault)
                 # What files.slack.com answers, as text/plain; slack_sdk only looks at the status.
                 return _Reply.text(200, f"OK - {len(data)}")
             finally:
@@ -621,11 +639,22 @@ def _fault_reply(fault: _Fault) -> _Reply:
     return _Reply.json({"ok": False, "error": fault.error}, fault.status, **headers)
 
 
+def _upload_fault_reply(fault: _Fault) -> _Reply:
+    """The upload URL answers text, never `ok: false`: a 200 fault there is a 500."""
+    reply = _Reply.text(fault.status if fault.status != 200 else 500, fault.error)
+    if fault.retry_after is not None:
+        reply.headers["Retry-After"] = str(fault.retry_after)
+    return reply
+
+
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeSlack
     # Keep-alive, as aiohttp and httpx expect; idle connections are dropped after a minute.
     protocol_version = "HTTP/1.1"
     timeout = 60
+    # The head and the body go out in two writes: without TCP_NODELAY, an answer on a kept-alive
+    # connection (slack_sdk's retries reuse theirs) waits ~40 ms for the client's delayed ACK.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the test output is no place for an access log
