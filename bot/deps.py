@@ -83,6 +83,26 @@ class CountingWebClient(AsyncWebClient):
         return result
 
 
+# The longest Retry-After slack_sdk may sleep inside one call. Longer waits are left to the
+# caller: the outbox and the poll job reschedule (honouring Retry-After), commands say "try
+# again later". Three in-call waits then stay well inside the poll job's 30 s lease and the
+# outbox's 120 s one, so a message is never re-claimed by another replica mid-wait.
+MAX_INLINE_RETRY_AFTER = 5.0
+
+
+class ShortRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
+    """slack_sdk's 429 retry, only for waits of at most ``MAX_INLINE_RETRY_AFTER`` seconds."""
+
+    async def _can_retry_async(self, *, state, request, response=None, error=None) -> bool:
+        if response is None or response.status_code != 429:
+            return False
+        values = {k.lower(): v for k, v in response.headers.items()}.get("retry-after") or ["1"]
+        try:
+            return float(values[0]) <= MAX_INLINE_RETRY_AFTER
+        except (TypeError, ValueError):
+            return False
+
+
 def slack_client(
     settings: Settings, token: str | None = None, *, metrics: Metrics | None = None
 ) -> AsyncWebClient:
@@ -93,7 +113,7 @@ def slack_client(
         "base_url": settings.SLACK_API_URL,
         "retry_handlers": [
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
-            AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+            ShortRateLimitRetryHandler(max_retry_count=3),
         ],
     }
     if metrics is None:

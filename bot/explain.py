@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 
+import aiohttp
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.slack_response import SlackResponse
 
@@ -114,6 +115,8 @@ def explain(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, StorageError):
         return "The bot's database is not answering right now; try again in a minute."
+    if isinstance(exc, aiohttp.ClientError | TimeoutError):
+        return "Slack did not answer the bot (the connection failed). Try again in a minute."
     if isinstance(exc, SlackApiError):
         error = slack_error(exc)
         status = exc.response.status_code if exc.response is not None else 0

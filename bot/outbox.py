@@ -182,7 +182,9 @@ async def _failed_attempt(deps: Deps, row: OutboxMessage, exc: SlackApiError) ->
     elif (
         error in PERMANENT
         or (400 <= status < 500 and status != 429)
-        or (row.attempts >= MAX_ATTEMPTS and status != 429)  # a 429 only ever means "later"
+        # Only a refusal Slack has no word for runs out of attempts: a 429 or a 5xx means
+        # "later", however long the outage, and alerts must outlive it.
+        or (row.attempts >= MAX_ATTEMPTS and status < 400)
     ):
         log.error("outbox %s: Slack refused it for good (%s); not retried", row.key, error)
         await deps.db.run(outbox.mark_failed, id=row.id, owner=deps.worker, error=f"slack: {error}")

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 
@@ -49,7 +50,8 @@ HANDLERS: dict[type, Handler] = {
     grammar.Digest: settings.digest,
 }
 
-EXPECTED = (AtlasError, StorageError, SlackApiError, Refusal)
+# Failures `explain` words for the caller (a Slack connection that failed included).
+EXPECTED = (AtlasError, StorageError, SlackApiError, Refusal, aiohttp.ClientError, TimeoutError)
 
 # The sub-command name of each parsed command, for the `subcommand` label of the metrics.
 SUBCOMMAND_OF: dict[type, str] = {

@@ -228,7 +228,8 @@ class FakeSlack:
         """Make the next `times` calls of `method` fail (also "upload" and "response_url").
 
         Status 200 answers `ok: false` with `error`; 429 answers `ratelimited` with a
-        Retry-After header (default 1 second); other statuses answer that status.
+        Retry-After header (default 1 second); 0 drops the connection without an answer;
+        other statuses answer that status.
         With `applied`, the call is carried out first and only its answer is the fault:
         Slack did the work (the message is in the channel) but answered with an error.
         """
@@ -671,6 +672,9 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             self.fake._error(traceback.format_exc())
             reply = _Reply.json({"ok": False, "error": "fake_slack_error"}, 500)
+        if reply.status == 0:  # a "reset" fault: the connection drops, nothing is answered
+            self.close_connection = True
+            return
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", reply.content_type)
