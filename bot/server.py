@@ -31,6 +31,9 @@ from storage import StorageError, cost_queries
 
 log = logging.getLogger(__name__)
 
+# How long a stopping server lets acknowledged commands finish their work.
+DRAIN_SECONDS = 15.0
+
 
 def build_asgi(deps: Deps, app: AsyncApp) -> Starlette:
     guard = SlackGuard(app, signing_secret=deps.settings.SLACK_SIGNING_SECRET or "")
@@ -44,6 +47,7 @@ def build_asgi(deps: Deps, app: AsyncApp) -> Starlette:
             yield
         finally:
             await jobs.stop()
+            await deps.background.drain(timeout=DRAIN_SECONDS)  # commands already acknowledged
             await deps.aclose()
 
     async def healthz(_: Request) -> JSONResponse:
@@ -117,4 +121,5 @@ async def _socket_mode(deps: Deps, app: AsyncApp, app_token: str) -> None:
         await AsyncSocketModeHandler(app, app_token).start_async()
     finally:
         await jobs.stop()
+        await deps.background.drain(timeout=DRAIN_SECONDS)
         await deps.aclose()

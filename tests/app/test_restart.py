@@ -171,3 +171,36 @@ def test_a_stopped_atlas_fault_does_not_stop_polling(sandbox, fake_slack, db, tm
         server.stop()
     assert "Total" in str(updates[0]["blocks"])
     assert _query(db).status == "done"
+
+
+def test_a_stop_lets_an_acknowledged_command_finish_its_work(sandbox, fake_slack, db, tmp_path):
+    """SIGINT (a deploy) after Slack got its acknowledgement but before the answer was posted:
+    the server finishes the command's work before it exits, so the answer is not lost."""
+    [org_id] = sandbox.data.org_ids[:1]
+    with db.session() as session:
+        links.add_link(
+            session, team_id=TEAM, channel_id=CHANNEL, org_id=org_id, created_by="U_ADMIN"
+        )
+    server = ServeProcess(_env(sandbox, fake_slack, db), _free_port(), tmp_path)
+    try:
+        # Atlas takes 2 s over the month-to-date spend: the stop lands in the middle.
+        sandbox.state.add_fault(Fault(kind="latency", seconds=2.0, operation="listInvoicePending"))
+        driver = SlackDriver(server.url, SECRET, fake=fake_slack)
+        ack = driver.command_sync("pending")
+        assert ack.status_code == 200 and not ack.content  # acknowledged, the work goes on
+        _wait(
+            lambda: (
+                any(r.operation == "listInvoicePending" for r in sandbox.state.requests)
+                or sandbox.state.faults == []
+            ),
+            10,
+            "the pending-invoice request to reach Atlas",
+        )
+        assert fake_slack.calls_to("chat.postMessage") == []
+    finally:
+        server.stop()  # SIGINT, then up to 15 s to exit
+    assert server.proc.returncode == 0
+    [posted] = fake_slack.calls_to("chat.postMessage")
+    assert posted["channel"] == CHANNEL and "blocks" in posted
+    with open(server.log.name) as log:
+        assert "Traceback" not in log.read()
