@@ -28,7 +28,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.atlas import AtlasClient, AtlasError
-from bot.background import Background
+from bot.background import Background, SingleFlight
 from bot.config import Settings
 from bot.logs import register_secret
 from bot.metrics import Metrics, slack_error_label
@@ -170,6 +170,8 @@ class Deps:
     metrics: Metrics = field(default_factory=Metrics, repr=False, compare=False)
     # Listeners' work after their acknowledgement (awaited in place in the shell).
     background: Background = field(default_factory=Background, repr=False, compare=False)
+    # Month-to-date reads in flight, by org: concurrent `pending`s share one Atlas request.
+    pending_reads: SingleFlight = field(default_factory=SingleFlight, repr=False, compare=False)
     # Clients built from stored credentials, by (org, credential row, credential version):
     # a replaced credential gets a new client; all are closed in aclose.
     org_clients: dict[tuple[str, int, int], AtlasClient] = field(

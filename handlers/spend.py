@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import tempfile
 from pathlib import Path
 
@@ -20,7 +21,12 @@ async def pending(invocation: Invocation, command: Pending) -> None:
     deps = invocation.deps
     linked = await channels.linked_orgs(deps, invocation.team_id, invocation.channel_id)
     orgs = channels.choose_orgs(linked, command.org_id)
-    summaries = await asyncio.gather(*(billing.pending(deps.atlas_for(o), o) for o in orgs))
+    summaries = await asyncio.gather(
+        *(
+            deps.pending_reads.run(o, functools.partial(billing.pending, deps.atlas_for(o), o))
+            for o in orgs
+        )
+    )
     await invocation.post(pending_message(summaries))
 
 

@@ -326,3 +326,22 @@ async def test_a_poll_error_that_will_not_heal_is_reported_once(bot, org):
         rows = session.exec(select(CostQuery)).all()
     assert [r.status for r in rows] == [QueryStatus.FAILED]
     await replica.atlas.aclose()
+
+
+async def test_pending_commands_at_once_share_one_atlas_read(bot, org):
+    # A channel reacting to an alert: three `pending`s while Atlas is still answering the first.
+    bot.link(org.id)
+    bot.link(org.id, channel=OTHER_CHANNEL)
+    bot.sandbox.state.add_fault(Fault(kind="latency", seconds=0.5, operation="listInvoicePending"))
+    for channel in (CHANNEL, CHANNEL, OTHER_CHANNEL):
+        assert (await bot.command("pending", channel_id=channel)).status_code == 200
+    posts = await bot.fake.wait_for_async(lambda: len(bot.fake.calls_to("chat.postMessage")) == 3)
+    assert posts
+    reads = [r for r in bot.atlas_requests() if r.operation == "listInvoicePending"]
+    assert len(reads) == 1
+    texts = {json.dumps(p["blocks"]) for p in bot.fake.calls_to("chat.postMessage")}
+    assert len(texts) == 1 and format_cents(org.pending.subtotal_cents) in texts.pop()
+    # Once answered, nothing is kept: the next `pending` reads Atlas again.
+    await bot.command("pending")
+    await bot.fake.wait_for_async(lambda: len(bot.fake.calls_to("chat.postMessage")) == 4)
+    assert [r.operation for r in bot.atlas_requests()].count("listInvoicePending") == 2
