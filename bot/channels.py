@@ -135,40 +135,53 @@ async def unlink(deps: Deps, *, team_id: str, channel_id: str, user_id: str, org
     )
 
 
-def _disable_and_audit(
-    session: Session, *, team_id: str, channel_id: str, user_id: str, noticed: str
+def _audit_each(
+    session: Session,
+    rows: list,
+    *,
+    team_id: str,
+    channel_id: str,
+    user_id: str,
+    action: str,
+    **detail: str,
 ) -> list[str]:
-    disabled = links.disable_channel(
-        session, team_id=team_id, channel_id=channel_id, reason=links.ARCHIVED
-    )
-    for row in disabled:
+    """One audit entry per link changed; returns their orgs."""
+    for row in rows:
         audit.record(
             session,
             team_id=team_id,
             channel_id=channel_id,
             user_id=user_id,
-            action="disable",
-            detail={"org_id": row.org_id, "reason": links.ARCHIVED, "noticed": noticed},
+            action=action,
+            detail={"org_id": row.org_id, **detail},
         )
-    return [row.org_id for row in disabled]
+    return [row.org_id for row in rows]
+
+
+def _disable_and_audit(
+    session: Session, *, team_id: str, channel_id: str, user_id: str, noticed: str
+) -> list[str]:
+    where = {"team_id": team_id, "channel_id": channel_id}
+    disabled = links.disable_channel(session, **where, reason=links.ARCHIVED)
+    return _audit_each(
+        session,
+        disabled,
+        **where,
+        user_id=user_id,
+        action="disable",
+        reason=links.ARCHIVED,
+        noticed=noticed,
+    )
 
 
 def _enable_and_audit(
     session: Session, *, team_id: str, channel_id: str, user_id: str
 ) -> list[str]:
-    enabled = links.enable_channel(
-        session, team_id=team_id, channel_id=channel_id, reason=links.ARCHIVED
+    where = {"team_id": team_id, "channel_id": channel_id}
+    enabled = links.enable_channel(session, **where, reason=links.ARCHIVED)
+    return _audit_each(
+        session, enabled, **where, user_id=user_id, action="enable", reason="channel unarchived"
     )
-    for row in enabled:
-        audit.record(
-            session,
-            team_id=team_id,
-            channel_id=channel_id,
-            user_id=user_id,
-            action="enable",
-            detail={"org_id": row.org_id, "reason": "channel unarchived"},
-        )
-    return [row.org_id for row in enabled]
 
 
 async def channel_archived(

@@ -48,6 +48,7 @@ from storage.models import Alert, ChannelLink, CostQuery, OutboxMessage
 from tests.app.conftest import CHANNEL, SECRET, TEAM, Bot, bot_settings
 from tests.app.helpers import replica_with_clock
 from tests.conftest import postgres_base_url
+from tests.doc_tables import fault_table
 from tests.fakes.slack import UPLOAD, FakeSlack, SlackDriver, block_action
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "SLACK-FAULTS.md"
@@ -730,25 +731,9 @@ async def test_cell(bot, org, logs, sdk_waits, fault, site):
 # ---- the doc and the table -----------------------------------------------------------------------
 
 
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
 def _doc_table() -> tuple[list[str], dict[tuple[str, str], str]]:
-    lines = DOC.read_text(encoding="utf-8").splitlines()
-    start = next(i for i, line in enumerate(lines) if _cells(line)[0].lower() == "fault")
-    columns = _cells(lines[start])[1:]
-    assert set(_cells(lines[start + 1])[0]) <= set("-: ")  # the separator row
-    cells: dict[tuple[str, str], str] = {}
-    faults: list[str] = []
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        row = _cells(line)
-        fault = row[0].strip("`* ")
-        faults.append(fault)
-        assert len(row) == len(columns) + 1, line
-        cells.update({(fault, site): text for site, text in zip(columns, row[1:], strict=True)})
+    """The fault table in the doc: its columns and its cells."""
+    columns, faults, cells = fault_table(DOC)
     assert faults == list(FAULTS)
     return columns, cells
 

@@ -45,6 +45,7 @@ from bot.atlas import (
 )
 from bot.atlas.invoice_csv import InvoiceCsvError, summarise_invoice_csv
 from bot.sandbox import OAUTH_TOKEN, Fault
+from tests.doc_tables import fault_table
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "ATLAS-FAULTS.md"
 
@@ -488,26 +489,9 @@ async def test_102_on_an_operation_that_never_processes(sandbox, fake_time, faul
 # ---- the doc and the table ---------------------------------------------------------------------
 
 
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
 def _doc_table() -> tuple[list[str], dict[tuple[str, str], str]]:
-    """The fault table in the doc: its operation columns and its cells."""
-    lines = DOC.read_text(encoding="utf-8").splitlines()
-    start = next(i for i, line in enumerate(lines) if _cells(line)[0].lower() == "fault")
-    columns = [c.strip("`") for c in _cells(lines[start])[1:]]
-    assert set(_cells(lines[start + 1])[0]) <= set("-: ")  # the separator row
-    cells: dict[tuple[str, str], str] = {}
-    faults: list[str] = []
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        row = _cells(line)
-        fault = row[0].strip("`* ")
-        faults.append(fault)
-        assert len(row) == len(columns) + 1, line
-        cells.update({(fault, op): text for op, text in zip(columns, row[1:], strict=True)})
+    """The fault table in the doc: its columns and its cells."""
+    columns, faults, cells = fault_table(DOC)
     assert faults == list(FAULTS)
     return columns, cells
 
