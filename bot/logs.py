@@ -193,6 +193,23 @@ def format_and_level(settings: Settings | None, *, serving: bool) -> tuple[str, 
 _installed: logging.Handler | None = None
 
 
+# Paths a load balancer or Prometheus asks every few seconds: their successful answers would
+# bury every other access-log line.
+PROBE_PATHS = frozenset({"/healthz", "/metrics"})
+
+
+def quiet_probes(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's access line of a successful probe (``GET /healthz`` or ``/metrics``,
+    2xx); a failing probe, and everything at DEBUG, is still logged."""
+    if record.name != "uvicorn.access" or not isinstance(record.args, tuple):
+        return True
+    try:
+        _, method, path, _, status = record.args
+    except ValueError:
+        return True
+    return not (method == "GET" and path in PROBE_PATHS and 200 <= int(status) < 300)
+
+
 def configure(
     settings: Settings | None = None, *, serving: bool = False, stream: TextIO | None = None
 ) -> logging.Handler:
@@ -211,6 +228,8 @@ def configure(
     )
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(Redacting(inner))
+    if level != "DEBUG":
+        handler.addFilter(quiet_probes)
     root = logging.getLogger()
     if _installed is not None:
         root.removeHandler(_installed)

@@ -407,3 +407,28 @@ def test_a_bad_log_variable_is_one_line_naming_it(tmp_path: Path) -> None:
     assert done.stderr == (
         "error: BOT_LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR, got 'loud'\n"
     )
+
+
+def _access(method: str, path: str, status: int) -> logging.LogRecord:
+    """A record shaped like uvicorn's access log line."""
+    return logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", method, path, "1.1", status),
+        None,
+    )
+
+
+def test_successful_probes_are_left_out_of_the_access_log_and_failures_are_not():
+    from bot.logs import quiet_probes
+
+    assert quiet_probes(_access("GET", "/healthz", 200)) is False
+    assert quiet_probes(_access("GET", "/metrics", 200)) is False
+    assert quiet_probes(_access("GET", "/healthz", 503)) is True  # a failing probe is news
+    assert quiet_probes(_access("POST", "/slack/events", 200)) is True
+    assert quiet_probes(_access("GET", "/healthz/extra", 404)) is True
+    other = logging.LogRecord("bot.server", logging.INFO, __file__, 1, "GET /healthz", (), None)
+    assert quiet_probes(other) is True
