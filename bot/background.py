@@ -14,10 +14,8 @@ is finished before the next one is read.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from collections.abc import Coroutine
+from typing import Any
 
 
 class Background:
@@ -44,25 +42,3 @@ class Background:
         """Let work in flight finish, for at most `timeout` seconds (a graceful stop)."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
-
-
-class SingleFlight:
-    """Callers asking for the same thing at the same time share one answer.
-
-    A burst of ``pending`` commands for one org (a channel reacting to an alert) makes one
-    Atlas request instead of one each: the first caller's request is awaited by all who
-    ask while it is in flight. Nothing is kept once it is answered, so nobody gets an
-    answer older than their question; an error reaches every caller sharing it.
-    """
-
-    def __init__(self) -> None:
-        self._inflight: dict[object, asyncio.Future[Any]] = {}
-
-    async def run(self, key: object, fetch: Callable[[], Awaitable[T]]) -> T:
-        shared = self._inflight.get(key)
-        if shared is None:
-            shared = asyncio.ensure_future(fetch())
-            self._inflight[key] = shared
-            shared.add_done_callback(lambda _: self._inflight.pop(key, None))
-        # shield: one caller giving up (cancelled) does not cancel the others' answer.
-        return await asyncio.shield(shared)

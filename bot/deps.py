@@ -28,11 +28,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.atlas import AtlasClient, AtlasError
-from bot.background import Background, SingleFlight
+from bot.background import Background
 from bot.config import Settings
 from bot.logs import register_secret
 from bot.metrics import Metrics, slack_error_label
 from bot.secrets import SecretBox, SecretError, key_file, load_or_create_key
+from bot.singleflight import SingleFlight
 from storage import Database, credentials
 from storage.models import CredentialKind, OrgCredential
 

@@ -7,7 +7,8 @@ import asyncio
 
 import pytest
 
-from bot.background import Background, SingleFlight
+from bot.background import Background
+from bot.singleflight import SingleFlight
 
 
 async def test_handed_off_work_runs_after_the_caller_returned_and_a_drain_waits_for_it():
