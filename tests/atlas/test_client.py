@@ -6,6 +6,7 @@ import asyncio
 import io
 from datetime import date
 
+import httpcore
 import httpx
 import pytest
 
@@ -488,9 +489,45 @@ def socket_port():
     return bound()
 
 
-def test_httpx_version_is_the_one_the_102_handling_was_written_for():
-    # httpcore's handling of 1xx is what makes a 102 surface as a disconnect or a time-out.
-    assert httpx.__version__.startswith("0.28")
+# What `AtlasClient.cost_result` relies on: httpcore swallows a 1xx and keeps reading, so a bare
+# `102 Processing` as the final answer reaches httpx as the server closing the connection or as
+# silence. A raw socket server sends exactly those bytes (no ASGI server in between), and the
+# guard fails, naming the installed versions, only when that behaviour changes.
+RAW_102 = b"HTTP/1.1 102 Processing\r\nContent-Length: 0\r\n\r\n"
+TRANSPORT_102 = {"close": httpx.RemoteProtocolError, "silence": httpx.ReadTimeout}
+
+
+@pytest.mark.parametrize("mode", sorted(TRANSPORT_102))
+async def test_a_bare_102_still_reaches_httpx_as_the_client_expects(mode):
+    release = asyncio.Event()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(RAW_102)
+        await writer.drain()
+        if mode == "silence":
+            await release.wait()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    expected = TRANSPORT_102[mode]
+    try:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(0.5)) as client:
+            try:
+                response = await client.get(f"http://127.0.0.1:{port}/usage/token")
+                outcome: object = f"a response with status {response.status_code}"
+            except httpx.HTTPError as exc:
+                outcome = exc
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
+    versions = f"httpx {httpx.__version__}, httpcore {httpcore.__version__}"
+    assert isinstance(outcome, expected), (
+        f"a bare 102 then {mode} now surfaces as {outcome!r} under {versions}, not as "
+        f"{expected.__name__}: AtlasClient.cost_result's not-ready handling must follow it"
+    )
 
 
 async def test_pending_totals_skip_line_items_but_keep_the_amounts(sandbox, make_client, org):
