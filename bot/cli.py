@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bot import billing, logs
+from bot import billing, logs, version
 from bot.atlas import (
     AtlasAPIError,
     AtlasClient,
@@ -43,6 +43,27 @@ app = typer.Typer(
 )
 atlas_app = typer.Typer(help="Query the Atlas billing API directly.", no_args_is_help=True)
 app.add_typer(atlas_app, name="atlas")
+
+
+def _print_version(requested: bool) -> None:
+    if requested:
+        typer.echo(f"billing-bot {version.version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the installed version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Slack bot and tools for MongoDB Atlas billing."""
 
 
 class CliError(Exception):

@@ -27,6 +27,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from bot import version
 from bot.atlas import AtlasClient, AtlasError
 from bot.background import Background
 from bot.config import Settings
@@ -112,6 +113,8 @@ def slack_client(
     options: dict[str, Any] = {
         "token": token or settings.SLACK_BOT_TOKEN,
         "base_url": settings.SLACK_API_URL,
+        # slack_sdk appends its own, Python's and the OS's product tokens to ours.
+        "user_agent_prefix": version.user_agent(),
         "retry_handlers": [
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
             ShortRateLimitRetryHandler(max_retry_count=3),

@@ -10,25 +10,57 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import date
 
 import pytest
 from sqlalchemy.engine import make_url
 
 from bot.sandbox import SandboxServer
 from storage.db import Database, make_engine, upgrade
+from tests.fakes import clock
+
+
+def pytest_report_header() -> str:
+    source = f"{clock.ENV}={clock.TODAY}" if os.environ.get(clock.ENV) else "the real date"
+    return f"as of {clock.TODAY:%Y-%m-%d} ({source}; set {clock.ENV}=YYYY-MM-DD for another day)"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "dates: date-sensitive; .ci/run also runs these as of month edges and 29 Feb"
+    )
+    config.addinivalue_line(
+        "markers",
+        "as_of(day): the test runs as of that day (1-31, 'last' or 'today') of TODAY's month",
+    )
+
+
+@pytest.fixture(autouse=True)
+def test_day(request: pytest.FixtureRequest) -> Iterator[date]:
+    """The running test's day: ``TODAY``, or the day of ``TODAY``'s month its ``as_of`` names."""
+    marker = request.node.get_closest_marker("as_of")
+    named = marker.kwargs["day"] if marker else "today"
+    day = clock.TODAY if named == "today" else clock.day_of(named)
+    clock.set_today(day)
+    try:
+        yield day
+    finally:
+        clock.set_today(clock.TODAY)
 
 
 @pytest.fixture(scope="session")
 def sandbox_session() -> Iterator[SandboxServer]:
-    """One sandbox Atlas for the session (seed 1, today's date); use ``sandbox`` in tests."""
-    with SandboxServer(seed=1) as server:
+    """One sandbox Atlas for the session (seed 1); use ``sandbox`` in tests."""
+    with SandboxServer(seed=1, today=clock.TODAY) as server:
         yield server
 
 
 @pytest.fixture
-def sandbox(sandbox_session: SandboxServer) -> SandboxServer:
-    """The running sandbox Atlas, with its log, faults, tokens and switches reset."""
+def sandbox(sandbox_session: SandboxServer, test_day: date) -> SandboxServer:
+    """The running sandbox Atlas as of the test's day, its log, faults, tokens and switches reset."""
     sandbox_session.state.reset()
+    if sandbox_session.data.today != test_day:
+        sandbox_session.data.set_today(test_day)
     return sandbox_session
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import ValidationError
 
+from bot import version
 from bot.atlas import _ids
 from bot.atlas._auth import ServiceAccountAuth, api_key_auth
 from bot.atlas._budget import RequestBudget
@@ -74,13 +75,13 @@ class AtlasClient:
         http_client: httpx.AsyncClient | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
-        user_agent: str = "atlas-billing-bot/0.1",
+        user_agent: str | None = None,
         request_counter: Counter | None = None,
     ) -> None:
         self._http = http_client or httpx.AsyncClient(
             base_url=base_url,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            headers={"User-Agent": user_agent},
+            headers={"User-Agent": user_agent or version.user_agent()},
             limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
         )
         self._owns_http = http_client is None

@@ -723,6 +723,16 @@ class SandboxData:
         self._orgs: dict[str, Org] = {}
         self._lock = threading.Lock()
 
+    def set_today(self, today: date) -> None:
+        """Regenerate every org as of ``today`` (its pending month, closed months, usage day).
+
+        Tests move the sandbox to the day they mean; the data is built lazily from
+        ``today``, so forgetting the built orgs is all it takes.
+        """
+        with self._lock:
+            self.today = today
+            self._orgs.clear()
+
     @property
     def huge_org_id(self) -> str:
         return self.org_ids[len(SMALL_ORG_NAMES)]

@@ -17,6 +17,7 @@ from bot.localserver import LocalServer
 from bot.sandbox import SandboxServer
 from bot.server import build_asgi
 from storage import Database, links
+from tests.fakes import clock
 from tests.fakes.slack import FakeSlack, SlackDriver
 
 SECRET = "test-signing-secret"
@@ -82,6 +83,7 @@ class Bot:
             atlas=atlas,
             slack=slack_client(self.settings),
             db=self.db,
+            clock=self.deps.clock,
             worker=f"test-replica-{id(atlas)}",
         )
 
@@ -94,7 +96,7 @@ async def bot(sandbox: SandboxServer, fake_slack: FakeSlack, db: Database) -> As
     settings = bot_settings(
         sandbox, fake_slack, db.engine.url.render_as_string(hide_password=False)
     )
-    deps = build_deps(settings, db=db)
+    deps = build_deps(settings, db=db, clock=clock.now)
     app = build_app(deps)
     server = LocalServer(build_asgi(deps, app)).start()
     async with httpx.AsyncClient(timeout=10) as http:

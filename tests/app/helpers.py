@@ -6,25 +6,13 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TypeVar
 
 from bot.deps import Deps
+from tests.fakes.clock import Clock
 
 T = TypeVar("T")
-
-
-class Clock:
-    """A settable clock for a replica: tests move it past stored due times."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 def replica_with_clock(bot, start: datetime | None = None) -> tuple[Deps, Clock]:

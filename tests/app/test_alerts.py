@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import calendar
 import json
+from decimal import Decimal
 
 import pytest
 from sqlmodel import select
@@ -14,7 +16,12 @@ from storage import audit
 from storage.models import Alert, OutboxMessage, Threshold
 from tests.app.conftest import CHANNEL
 from tests.app.helpers import replica_with_clock
+from tests.fakes import clock
 from tests.fakes.slack import block_action
+
+# Alerts need month-to-date spend to cross: these tests run on the 15th of TODAY's month
+# unless they say which day they mean; `test_levels_as_of_today` runs on whatever day it is.
+pytestmark = pytest.mark.as_of(day=15)
 
 
 @pytest.fixture
@@ -109,7 +116,10 @@ async def test_alert_is_posted_once_with_the_oncall_mention(bot, org):
     await replica.atlas.aclose()
 
 
+@pytest.mark.as_of(day=20)
 async def test_levels_cross_one_by_one_as_the_threshold_is_lowered(bot, org):
+    # As of the 20th, 19 of the month's 28 to 31 days have elapsed: the month-end forecast is
+    # 1.47 to 1.63 times month-to-date, under a threshold of 1/0.6 times it and over 1/0.9.
     bot.link(org.id)
     mtd = org.pending.subtotal_cents
     replica, _ = replica_with_clock(bot)
@@ -125,6 +135,32 @@ async def test_levels_cross_one_by_one_as_the_threshold_is_lowered(bot, org):
     assert "forecast to pass" in posted_levels[1] and "80%" not in posted_levels[1].split(":")[0]
     assert "reached its" in posted_levels[2]
     assert sorted(a.level for a in _rows(bot, Alert)) == ["100", "50", "80", "forecast"]
+    await replica.atlas.aclose()
+
+
+@pytest.mark.dates
+@pytest.mark.as_of(day="today")
+async def test_levels_as_of_today(bot, org):
+    """Whatever the day: the levels recorded this period are those that month-to-date spend
+    and its month-end forecast (``mtd × days in month ÷ days elapsed``) cross, and the
+    period is today's month. On the 1st nothing has been used yet, so nothing is crossed."""
+    today = clock.today()
+    mtd = org.pending.subtotal_cents
+    assert (mtd == 0) == (today.day == 1)
+    threshold = mtd * 100 // 85 if mtd else 1_000  # 85 % used: 50 and 80 crossed
+    days, elapsed = calendar.monthrange(today.year, today.month)[1], today.day - 1
+    forecast = mtd if elapsed == 0 else Decimal(mtd) * days / elapsed
+    expected = {str(p) for p in (50, 80, 100) if mtd * 100 >= threshold * p}
+    if forecast >= threshold and "100" not in expected:
+        expected.add("forecast")
+    bot.link(org.id)
+    await _set(bot, f"threshold {_dollars(threshold)}", 1)
+    replica, _ = replica_with_clock(bot)
+    report, delivered = await _threshold_run(bot, replica)
+    rows = _rows(bot, Alert)
+    assert {a.level for a in rows} == expected
+    assert {a.period for a in rows} == ({f"{today:%Y-%m}"} if expected else set())
+    assert (report.alerts, delivered.sent) == ((1, 1) if expected else (0, 0))
     await replica.atlas.aclose()
 
 

@@ -4,7 +4,7 @@ refuses with `is_archived`; audited once; unarchiving or linking again turns the
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlmodel import select
@@ -16,7 +16,11 @@ from storage import audit, schedules, thresholds
 from storage.models import ChannelLink, CostQuery, OutboxMessage
 from tests.app.conftest import CHANNEL, OTHER_CHANNEL
 from tests.app.helpers import eventually, replica_with_clock
+from tests.fakes.clock import month, now
 from tests.fakes.slack import event_callback
+
+# Alerts need month-to-date spend to cross: the 15th of TODAY's month has some.
+pytestmark = pytest.mark.as_of(day=15)
 
 
 @pytest.fixture
@@ -45,7 +49,7 @@ def _arm(bot, org_id: str, channel: str = CHANNEL) -> int:
             day="1",
             hour=9,
             minute=0,
-            next_run_at=datetime.now(UTC) - timedelta(minutes=5),
+            next_run_at=now() - timedelta(minutes=5),
             updated_by="U_ADMIN",
         )
     return link.id
@@ -148,7 +152,7 @@ async def test_a_command_answer_refused_as_archived_disables_the_links(bot, org)
 
 async def test_a_cost_result_refused_as_archived_ends_the_query_and_disables_the_links(bot, org):
     bot.link(org.id)
-    await bot.command("costs 2025-01 2025-03")
+    await bot.command(f"costs {month(-20)} {month(-18)}")
     await bot.fake.wait_for_async(lambda: bot.fake.calls_to("chat.postMessage"))
     bot.fake.archive_channel(CHANNEL)
     replica, clock = replica_with_clock(bot)

@@ -3,9 +3,7 @@ the sandbox, Slack by the fake, state in a real database."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from datetime import timedelta
 
 import pytest
 from sqlmodel import select
@@ -16,6 +14,8 @@ from bot.sandbox import Fault
 from storage import audit, cost_queries, links
 from storage.models import CostQuery, QueryStatus
 from tests.app.conftest import CHANNEL, OTHER_CHANNEL, TEAM
+from tests.app.helpers import replica_with_clock
+from tests.fakes.clock import month
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ async def test_pending_posts_month_to_date_spend_for_the_channel(bot, org):
 
 async def test_commands_in_an_unlinked_channel_are_refused_without_atlas(bot, org):
     bot.link(org.id)
-    for text in ("pending", f"invoice {org.latest_closed.id}", "costs 2026-08 2026-10"):
+    for text in ("pending", f"invoice {org.latest_closed.id}", f"costs {month(-4)} {month(-2)}"):
         bot.fake.reset()
         await bot.command(text, channel_id=OTHER_CHANNEL)
         assert "not linked" in await _ephemeral(bot)
@@ -229,7 +229,7 @@ async def test_not_in_channel_tells_how_to_invite_the_bot(bot, org):
 # ---- Cost Explorer in chat ----------------------------------------------------------------------------
 
 
-async def _start_costs(bot, org, text="costs 2026-08 2026-11"):
+async def _start_costs(bot, org, text=f"costs {month(-4)} {month(-1)}"):
     await bot.command(text)
     started = await bot.fake.wait_for_async(lambda: bot.fake.calls_to("chat.postMessage"))
     await bot.fake.wait_for_async(lambda: _pending_count(bot) == 1)
@@ -241,32 +241,13 @@ def _pending_count(bot) -> int:
         return cost_queries.pending_count(session)
 
 
-class Clock:
-    """A settable clock for a replica: tests move it past the stored poll times."""
-
-    def __init__(self, start):
-        self.now = start
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, **delta):
-        self.now += timedelta(**delta)
-
-
-def _replica_with_clock(bot):
-    replica = bot.replica()
-    clock = Clock(replica.clock())
-    return dataclasses.replace(replica, clock=clock), clock
-
-
 async def test_costs_answers_at_once_and_updates_the_message_when_ready(bot, org):
     """The *poll* job runs here as a second replica; a day-old query keeps polling."""
     bot.link(org.id)
     bot.sandbox.state.cost_polls_before_ready = 1
     await _start_costs(bot, org)
     ts = next(iter(bot.fake.messages(CHANNEL)))
-    replica, clock = _replica_with_clock(bot)
+    replica, clock = replica_with_clock(bot)
     clock.advance(minutes=1)
     report = await costs.poll_due(replica)
     assert (report.claimed, report.waiting) == (1, 1)
@@ -278,7 +259,7 @@ async def test_costs_answers_at_once_and_updates_the_message_when_ready(bot, org
     expected = sum(
         inv.subtotal_cents
         for inv in org.closed
-        if "2026-08" <= inv.start.strftime("%Y-%m") < "2026-11"
+        if month(-4) <= inv.start.strftime("%Y-%m") < month(-1)
     )
     assert format_cents(expected) in json.dumps(updates[0]["blocks"])
     clock.advance(minutes=5)
@@ -297,7 +278,7 @@ async def test_costs_with_an_atlas_error_says_so_in_place(bot, org):
             operation="createCostExplorerProcess",
         )
     )
-    await bot.command("costs 2026-08 2026-11")
+    await bot.command(f"costs {month(-4)} {month(-1)}")
     updates = await bot.fake.wait_for_async(lambda: bot.fake.calls_to("chat.update"))
     assert "INVALID_DATE_RANGE" in json.dumps(updates[0])
     assert _pending_count(bot) == 0
@@ -315,7 +296,7 @@ async def test_a_poll_error_that_will_not_heal_is_reported_once(bot, org):
             times=None,
         )
     )
-    replica, clock = _replica_with_clock(bot)
+    replica, clock = replica_with_clock(bot)
     clock.advance(minutes=1)
     assert (await costs.poll_due(replica)).failed == 1
     clock.advance(minutes=5)

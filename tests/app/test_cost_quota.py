@@ -11,6 +11,7 @@ from sqlmodel import select
 from bot.costs import MAX_OPEN_PER_CHANNEL, MAX_OPEN_PER_USER
 from storage.models import CostQuery
 from tests.app.helpers import eventually
+from tests.fakes.clock import month
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def org(sandbox):
     return org
 
 
-MONTHS = ["2025-01", "2025-02", "2025-03", "2025-04", "2025-05", "2025-06", "2025-07"]
+MONTHS = [month(n) for n in range(-20, -13)]  # seven months inside Cost Explorer's window
 
 
 def _created(bot) -> int:
@@ -48,12 +49,12 @@ async def _costs(bot, text: str, user: str = "U_MEMBER") -> str | None:
 
 async def test_the_same_query_still_running_is_not_started_twice(bot, org):
     bot.link(org.id)
-    assert await _costs(bot, "2025-01 2025-03 by projects", user="U_ADMIN") is None
-    refusal = await _costs(bot, "2025-01 2025-03 by projects")
+    assert await _costs(bot, f"{month(-20)} {month(-18)} by projects", user="U_ADMIN") is None
+    refusal = await _costs(bot, f"{month(-20)} {month(-18)} by projects")
     assert "same query" in refusal and "<@U_ADMIN>" in refusal
     assert (_created(bot), len(_queries(bot))) == (1, 1)
     # Another grouping is another query.
-    assert await _costs(bot, "2025-01 2025-03 by services") is None
+    assert await _costs(bot, f"{month(-20)} {month(-18)} by services") is None
     assert _created(bot) == 2
 
 
@@ -72,19 +73,19 @@ async def test_each_person_and_each_channel_has_a_cap(bot, org):
     for n, user in enumerate(users):
         if started == MAX_OPEN_PER_CHANNEL:
             break
-        assert await _costs(bot, f"2025-{n + 1:02d} 2025-{n + 3:02d}", user=user) is None
+        assert await _costs(bot, f"{month(n - 20)} {month(n - 18)}", user=user) is None
         started += 1
-    refusal = await _costs(bot, "2026-01 2026-02", user="U_LATECOMER")
+    refusal = await _costs(bot, f"{month(-8)} {month(-7)}", user="U_LATECOMER")
     assert f"This channel has {MAX_OPEN_PER_CHANNEL} Cost Explorer queries running" in refusal
     assert _created(bot) == MAX_OPEN_PER_CHANNEL
 
 
 async def test_a_finished_query_frees_its_place(bot, org):
     bot.link(org.id)
-    assert await _costs(bot, "2025-01 2025-02") is None
+    assert await _costs(bot, f"{month(-20)} {month(-19)}") is None
     with bot.db.session() as session:
         [row] = session.exec(select(CostQuery)).all()
         row.status = "done"
         session.add(row)
-    assert await _costs(bot, "2025-01 2025-02") is None
+    assert await _costs(bot, f"{month(-20)} {month(-19)}") is None
     assert _created(bot) == 2

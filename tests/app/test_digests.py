@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlmodel import select
@@ -17,6 +17,7 @@ from storage import outbox, schedules
 from storage.models import CostQuery, DigestSchedule, OutboxMessage
 from tests.app.conftest import CHANNEL
 from tests.app.helpers import replica_with_clock
+from tests.fakes.clock import now
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ async def test_digest_on_schedules_every_link_and_off_stops_them(bot, org, sandb
     assert "first run" in text and "07:30 UTC" in text
     rows = _rows(bot, DigestSchedule)
     assert len(rows) == 2 and {(r.day, r.hour, r.minute) for r in rows} == {("last", 7, 30)}
-    assert all(r.next_run_at > datetime.now(UTC) for r in rows)
+    assert all(r.next_run_at > now() for r in rows)
     await bot.command("digest off")
     await _posted(bot, 2)
     assert _rows(bot, DigestSchedule) == []
@@ -83,7 +84,7 @@ async def test_digest_now_posts_the_summary_with_its_chart(bot, org):
 
 async def test_a_due_schedule_runs_once_even_with_two_replicas_racing(bot, org):
     bot.link(org.id)
-    past = datetime.now(UTC) - timedelta(minutes=5)
+    past = now() - timedelta(minutes=5)
     with bot.db.session() as session:
         schedules.set_schedule(
             session, link_id=1, day="1", hour=9, minute=0, next_run_at=past, updated_by="U"

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import update
@@ -25,6 +25,7 @@ from storage import channel_config, links, schedules, thresholds
 from storage.models import Alert, CostQuery, DigestSchedule, OutboxMessage
 from tests.app.conftest import CHANNEL, OTHER_CHANNEL, TEAM
 from tests.app.test_restart import ServeProcess, _env, _free_port, _wait
+from tests.fakes.clock import now
 
 ONCALL = "U0ONCALL"
 SCHEDULE = ("1", 9, 0)  # day 1 at 09:00 UTC
@@ -44,7 +45,7 @@ class Seeded:
 def _seed(db, sandbox, org_ids, channels, *, threshold=True, digest=True) -> Seeded:
     """Links, thresholds, on-call and due digest schedules, in one transaction (as replicas
     poll the database, they find all of it at once or nothing)."""
-    due = datetime.now(UTC) - timedelta(minutes=1)
+    due = now() - timedelta(minutes=1)
     link_ids, alert_keys, digest_keys = [], set(), set()
     with db.session() as session:
         for channel in channels:
@@ -154,7 +155,7 @@ def _sent(db, keys) -> bool:
 
 def _rewind_lease(db, model, *where) -> int:
     """End a dead worker's lease now (see the tests for why)."""
-    past = datetime.now(UTC) - timedelta(seconds=1)
+    past = now() - timedelta(seconds=1)
     with db.session() as session:
         result = session.exec(
             update(model)
@@ -234,7 +235,7 @@ def test_three_replicas_post_each_alert_and_digest_exactly_once(sandbox, fake_sl
     digest_queries = _rows(db, CostQuery, CostQuery.purpose == "digest")
     assert sorted(q.digest_key for q in digest_queries) == sorted(seeded.digest_keys)
     assert {q.status for q in digest_queries} == {"done"}
-    following = next_run(*SCHEDULE, after=datetime.now(UTC))
+    following = next_run(*SCHEDULE, after=now())
     stored = _rows(db, DigestSchedule)
     assert len(stored) == len(seeded.link_ids)
     assert {s.next_run_at for s in stored} == {following}, "each schedule advanced exactly once"
@@ -334,7 +335,7 @@ def test_a_replica_killed_while_a_digest_is_pending_posts_it_once_after_restart(
     assert _outbox(db, key) is None
     [schedule] = _rows(db, DigestSchedule)
     advanced_to = schedule.next_run_at
-    assert advanced_to > datetime.now(UTC)
+    assert advanced_to > now()
     creates = sandbox.state.requests_for("createCostExplorerProcess")
     assert len(creates) == 1
     # Had the kill landed during a poll, the dead worker's poll lease (30 s) would hold the
@@ -354,7 +355,7 @@ def test_a_replica_killed_while_a_digest_is_pending_posts_it_once_after_restart(
     assert (query.digest_key, query.status) == (key, "done")
     assert len(sandbox.state.requests_for("createCostExplorerProcess")) == 1
     [schedule] = _rows(db, DigestSchedule)
-    assert schedule.next_run_at == advanced_to == next_run(*SCHEDULE, after=datetime.now(UTC))
+    assert schedule.next_run_at == advanced_to == next_run(*SCHEDULE, after=now())
 
 
 # ---- 4. Slack rate-limits the alert ---------------------------------------------------------
@@ -451,6 +452,6 @@ def test_a_graceful_stop_while_an_alert_is_being_posted_logs_no_traceback_and_ke
     if not (row.status == "sent" or (row.status == "pending" and row.lease_owner is None)):
         problems.append(
             f"outbox row {row.status!r}, still leased to {row.lease_owner} until "
-            f"{row.lease_until:%H:%M:%S} (stopped at {datetime.now(UTC):%H:%M:%S})"
+            f"{row.lease_until:%H:%M:%S} (stopped at {now():%H:%M:%S})"
         )
     assert not problems, "\n\n".join(problems)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ from bot.sandbox import Fault
 from storage import cost_queries, links
 from storage.models import CostQuery
 from tests.app.conftest import CHANNEL, SECRET, TEAM
+from tests.fakes.clock import month, today
 from tests.fakes.slack import SlackDriver
 
 
@@ -40,12 +42,18 @@ def _wait(condition, timeout: float, what: str):
         time.sleep(0.05)
 
 
+# The project's root, so `python -m tests.fakes.as_of` imports from a process started elsewhere.
+ROOT = str(Path(__file__).resolve().parents[2])
+
+
 class ServeProcess:
+    """``billing-bot serve`` in a process of its own, on the tests' clock (``tests.fakes.as_of``)."""
+
     def __init__(self, env: dict[str, str], port: int, tmp_path) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.log = (tmp_path / f"serve-{port}-{time.monotonic_ns()}.log").open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot", "serve", "--port", str(port)],
+            [sys.executable, "-m", "tests.fakes.as_of", "serve", "--port", str(port)],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -90,6 +98,8 @@ def _env(sandbox, fake, db) -> dict[str, str]:
         SLACK_SIGNING_SECRET=SECRET,
         DATABASE_URL=db.engine.url.render_as_string(hide_password=False),
         BOT_POLL_SECONDS="0.2",
+        PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
+        TEST_TODAY=today().isoformat(),  # the running test's day, for tests.fakes.as_of
     )
     return env
 
@@ -111,7 +121,7 @@ def test_a_killed_server_loses_no_query_and_posts_the_result_once(
     first = ServeProcess(env, _free_port(), tmp_path)
     try:
         driver = SlackDriver(first.url, SECRET, fake=fake_slack)
-        assert driver.command_sync("costs 2026-08 2026-11").status_code == 200
+        assert driver.command_sync(f"costs {month(-4)} {month(-1)}").status_code == 200
         started = _wait(lambda: fake_slack.calls_to("chat.postMessage"), 10, "the started message")
         polls = lambda: sandbox.state.requests_for("getCostExplorerUsage")  # noqa: E731
         _wait(lambda: len(polls()) >= 3, 15, "three polls")
@@ -165,7 +175,9 @@ def test_a_stopped_atlas_fault_does_not_stop_polling(sandbox, fake_slack, db, tm
     )
     server = ServeProcess(_env(sandbox, fake_slack, db), _free_port(), tmp_path)
     try:
-        SlackDriver(server.url, SECRET, fake=fake_slack).command_sync("costs 2026-08 2026-11")
+        SlackDriver(server.url, SECRET, fake=fake_slack).command_sync(
+            f"costs {month(-4)} {month(-1)}"
+        )
         updates = _wait(lambda: fake_slack.calls_to("chat.update"), 60, "the result")
     finally:
         server.stop()

@@ -9,13 +9,14 @@ from bot.localserver import LocalServer
 from bot.server import build_asgi
 from storage import Database
 from tests.app.conftest import bot_settings
+from tests.fakes.clock import now
 
 
 def _serve(sandbox, fake_slack, database: Database) -> LocalServer:
     settings = bot_settings(
         sandbox, fake_slack, database.engine.url.render_as_string(hide_password=False)
     )
-    deps = build_deps(settings, db=database)
+    deps = build_deps(settings, db=database, clock=now)
     return LocalServer(build_asgi(deps, build_app(deps)), lifespan="on")
 
 

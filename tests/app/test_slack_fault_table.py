@@ -49,13 +49,19 @@ from tests.app.conftest import CHANNEL, SECRET, TEAM, Bot, bot_settings
 from tests.app.helpers import replica_with_clock
 from tests.conftest import postgres_base_url
 from tests.doc_tables import fault_table
+from tests.fakes.clock import day_of, month, now
 from tests.fakes.slack import UPLOAD, FakeSlack, SlackDriver, block_action
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "SLACK-FAULTS.md"
 
+# The cells are about Slack, not dates; they run on the 15th of TODAY's month, so there is
+# month-to-date usage for an alert to cross.
+USAGE_DAY = 15
+pytestmark = pytest.mark.as_of(day=USAGE_DAY)
+
 RETRY_AFTER = 3  # seconds, in every 429 the fake sends (at most MAX_INLINE_RETRY_AFTER)
 SDK_ATTEMPTS = 4  # slack_sdk's AsyncRateLimitErrorRetryHandler(max_retry_count=3): 1 + 3
-COSTS = "costs 2026-08 2026-11"
+COSTS = f"costs {month(-4)} {month(-1)}"
 
 # The call sites (columns), in the bot's own words.
 ANSWER = "command answer"  # handlers/invocation.py `post`: chat.postMessage
@@ -349,10 +355,11 @@ def module_app(sandbox_session, module_db) -> Iterator[Bot]:
     its per-org rate limit out of the way of ~60 cells in a row."""
     sandbox_session.state.reset()
     sandbox_session.state.set_switches(rate_limit=1_000_000)
+    sandbox_session.data.set_today(day_of(USAGE_DAY))
     with FakeSlack() as fake:
         url = module_db.engine.url.render_as_string(hide_password=False)
         settings = bot_settings(sandbox_session, fake, url)
-        deps = build_deps(settings, db=module_db)
+        deps = build_deps(settings, db=module_db, clock=now)
         server = LocalServer(build_asgi(deps, build_app(deps))).start()
         driver = SlackDriver(server.url, SECRET, fake=fake)
         try:

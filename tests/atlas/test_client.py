@@ -31,6 +31,7 @@ from bot.atlas import (
 from bot.atlas.invoice_csv import summarise_invoice_csv
 from bot.sandbox import OAUTH_TOKEN, Fault
 from tests.atlas.conftest import api_requests, assert_all_requests_in_spec
+from tests.fakes import clock
 
 AUTHS = ["oauth", "digest"]
 
@@ -50,6 +51,7 @@ def org(sandbox):
 # ---- every operation under both auth methods ------------------------------------------------
 
 
+@pytest.mark.as_of(day=15)  # a day with month-to-date usage
 @pytest.mark.parametrize("auth", AUTHS)
 async def test_pending_invoices(sandbox, make_client, org, auth):
     client = make_client(auth)
@@ -62,6 +64,13 @@ async def test_pending_invoices(sandbox, make_client, org, auth):
     assert_all_requests_in_spec(sandbox)
     for r in api_requests(sandbox):
         assert r.headers["accept"] == media_type(Operation.LIST_PENDING)
+
+
+@pytest.mark.as_of(day=1)
+async def test_pending_invoice_on_the_first_of_the_month_has_no_usage_yet(make_client, org):
+    [pending] = await make_client("oauth").pending_invoices(org.id)
+    assert pending.start_date.date() == clock.day_of(1) and pending.status_name == "PENDING"
+    assert (pending.usage_cents, pending.subtotal_cents, pending.line_items) == (0, 0, ())
 
 
 async def test_pending_invoice_as_a_bare_object_is_accepted(sandbox, make_client, org):

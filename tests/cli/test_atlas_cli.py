@@ -18,17 +18,21 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import IO
 
 import httpx
 import pytest
 
-from bot.sandbox import Fault, LoggedRequest, SandboxServer
+from bot.config import Settings
+from bot.deps import slack_client
+from bot.sandbox import Fault, LoggedRequest, SandboxData, SandboxServer
 from bot.sandbox.data import Invoice, Org
 
 TIMEOUT = 60
@@ -741,9 +745,11 @@ SUB_COMMANDS = (
 def test_shell_without_credentials_uses_its_own_sandbox(
     sandbox: SandboxServer, tmp_path: Path
 ) -> None:
-    # The shell starts a sandbox with the same seed, so the fixture's data is the shell's too.
-    first = sandbox.data.org(sandbox.data.org_ids[0])
-    assert first is not None
+    # The shell starts a sandbox with the same seed as of the real date (it is the command a
+    # user runs, on the wall clock, whatever TEST_TODAY says): that data is the shell's.
+    shells = SandboxData(seed=1)
+    first = shells.org(shells.org_ids[0])
+    assert first is not None and first.id == sandbox.data.org_ids[0]
     result = run(
         ["shell"],
         cli_env(tmp_path),
@@ -786,3 +792,26 @@ def test_shell_with_credentials_answers_from_the_configured_atlas(
     # help: one line per sub-command
     for name in SUB_COMMANDS:
         assert f"/atlas-billing {name}" in rest, (name, result)
+
+
+# ---- the version, in one place ---------------------------------------------------------------
+
+
+def test_version_is_the_package_metadata_and_rides_on_every_request(
+    sandbox: SandboxServer, org: Org, tmp_path: Path
+) -> None:
+    """``pyproject.toml`` states the version once; the CLI, Atlas's and Slack's User-Agent say it."""
+    with open(Path(__file__).resolve().parents[2] / "pyproject.toml", "rb") as project:
+        stated = tomllib.load(project)["project"]["version"]
+    assert metadata.version("atlas-billing-bot") == stated
+    shown = run(["--version"], cli_env(tmp_path), tmp_path)
+    assert (shown.code, shown.out, shown.err) == (0, f"billing-bot {stated}\n", "")
+    sandbox.state.requests.clear()
+    assert (
+        run(["atlas", "pending", org.id], cli_env(tmp_path, sandbox, auth="api-key"), tmp_path).code
+        == 0
+    )
+    agents = {r.headers.get("user-agent") for r in sandbox.state.requests}
+    assert agents == {f"atlas-billing-bot/{stated}"}
+    slack = slack_client(Settings(_env_file=None, SLACK_BOT_TOKEN="xoxb-test"))
+    assert slack.headers["User-Agent"].startswith(f"atlas-billing-bot/{stated} Python/")

@@ -22,6 +22,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import httpx
 import pytest
 
+from tests.fakes import clock as test_clock
+
 T = TypeVar("T")
 
 BOT_USER_ID = "U_BOT"
@@ -149,8 +151,9 @@ class FakeSlack:
             self._users: dict[str, dict[str, Any]] = {}
             self._channels: dict[str, dict[str, Any]] = {}
             # Slack timestamps as integer microseconds, so each one is unique and later; they
-            # start at the wall clock, as Slack's do, so `oldest=` filters behave as for real.
-            self._clock = time.time_ns() // 1000
+            # start at the tests' clock (the wall clock moved to TEST_TODAY, the bot's clock),
+            # as Slack's start at the real one, so `oldest=` filters behave as for real.
+            self._clock = int(test_clock.now().timestamp() * 1_000_000)
             self.add_user("U_ADMIN", is_admin=True, name="admin")
             self.add_user("U_OWNER", is_owner=True, name="owner")
             self.add_user("U_MEMBER", name="member")
@@ -948,7 +951,7 @@ def block_action(
         "type": "button",
         "action_id": action_id,
         "block_id": block_id,
-        "action_ts": f"{int(time.time())}.000000",
+        "action_ts": f"{int(test_clock.now().timestamp())}.000000",
     }
     if value is not None:
         action["value"] = value
@@ -1021,10 +1024,10 @@ def event_callback(event: dict[str, Any], *, team_id: str = TEAM_ID) -> dict[str
         "token": "fake-verification-token",
         "team_id": team_id,
         "api_app_id": "A_FAKE",
-        "event": {"event_ts": f"{int(time.time())}.{n:06d}", **event},
+        "event": {"event_ts": f"{int(test_clock.now().timestamp())}.{n:06d}", **event},
         "type": "event_callback",
         "event_id": f"Ev{n:08d}",
-        "event_time": int(time.time()),
+        "event_time": int(test_clock.now().timestamp()),
         "authorizations": [{"team_id": team_id, "user_id": BOT_USER_ID, "is_bot": True}],
     }
 

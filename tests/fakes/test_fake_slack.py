@@ -22,6 +22,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from tests.fakes.clock import now
 from tests.fakes.slack import (
     FakeSlack,
     SlackDriver,
@@ -68,7 +69,7 @@ async def test_post_message_then_update_replaces_it(
         channel="C_LINKED", text="hi", blocks=[{"type": "divider"}]
     )
     assert first["ok"] and first["channel"] == "C_LINKED"
-    assert abs(float(first["ts"]) - time.time()) < 60  # epoch seconds, like Slack's
+    assert abs(float(first["ts"]) - now().timestamp()) < 60  # epoch seconds, like Slack's
     assert len(first["ts"].split(".")[1]) == 6
     assert float(second["ts"]) > float(first["ts"])
     assert second["message"]["blocks"] == [{"type": "divider"}]

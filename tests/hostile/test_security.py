@@ -34,6 +34,7 @@ from storage import (
     thresholds,
 )
 from tests.app.conftest import CHANNEL, OTHER_CHANNEL, TEAM, bot_settings
+from tests.fakes.clock import now
 from tests.fakes.slack import block_action, view_submission
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -633,7 +634,7 @@ async def test_healthz_never_shows_the_database_password(sandbox, fake_slack, ca
     settings = bot_settings(
         sandbox, fake_slack, database.engine.url.render_as_string(hide_password=False)
     )
-    deps = build_deps(settings, db=database)
+    deps = build_deps(settings, db=database, clock=now)
     with LocalServer(build_asgi(deps, build_app(deps)), lifespan="on") as server:
         async with httpx.AsyncClient(timeout=15) as http:
             response = await http.get(server.url + "/healthz")
