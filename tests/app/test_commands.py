@@ -158,6 +158,7 @@ async def test_unlink_and_status(bot, org):
 # ---- pending and invoice ----------------------------------------------------------------------------
 
 
+@pytest.mark.dates
 async def test_pending_posts_month_to_date_spend_for_the_channel(bot, org):
     bot.link(org.id)
     await bot.command("pending")
@@ -241,6 +242,7 @@ def _pending_count(bot) -> int:
         return cost_queries.pending_count(session)
 
 
+@pytest.mark.dates
 async def test_costs_answers_at_once_and_updates_the_message_when_ready(bot, org):
     """The *poll* job runs here as a second replica; a day-old query keeps polling."""
     bot.link(org.id)

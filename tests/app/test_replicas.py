@@ -27,6 +27,10 @@ from tests.app.conftest import CHANNEL, OTHER_CHANNEL, TEAM
 from tests.app.test_restart import ServeProcess, _env, _free_port, _wait
 from tests.fakes.clock import now
 
+# Processes and crashes, not dates: on the 15th of TODAY's month there is month-to-date spend
+# for every alert to cross (the digests and their months are date-tested in test_digests).
+pytestmark = pytest.mark.as_of(day=15)
+
 ONCALL = "U0ONCALL"
 SCHEDULE = ("1", 9, 0)  # day 1 at 09:00 UTC
 LOW_THRESHOLD_CENTS = 1_000  # $10: every sandbox org is far past 100% of it

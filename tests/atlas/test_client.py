@@ -66,6 +66,7 @@ async def test_pending_invoices(sandbox, make_client, org, auth):
         assert r.headers["accept"] == media_type(Operation.LIST_PENDING)
 
 
+@pytest.mark.dates
 @pytest.mark.as_of(day=1)
 async def test_pending_invoice_on_the_first_of_the_month_has_no_usage_yet(make_client, org):
     [pending] = await make_client("oauth").pending_invoices(org.id)
@@ -350,6 +351,7 @@ async def _token(client, org, today):
     return await client.create_cost_query(org.id, query)
 
 
+@pytest.mark.dates
 @pytest.mark.parametrize("mode", ["close", "silence"])
 async def test_102_then_close_or_silence_is_not_ready(sandbox, make_client, org, mode):
     sandbox.state.processing_mode = mode

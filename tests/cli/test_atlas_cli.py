@@ -214,6 +214,7 @@ def org(sandbox: SandboxServer) -> Org:
 # ---- atlas pending --------------------------------------------------------------------------
 
 
+@pytest.mark.dates
 @pytest.mark.parametrize(
     ("auth", "scheme"), [("service-account", "Bearer "), ("api-key", "Digest ")]
 )
@@ -361,6 +362,7 @@ def test_costs_prints_the_token(sandbox: SandboxServer, org: Org, tmp_path: Path
     assert json.loads(created[0].body)["startDate"] == start
 
 
+@pytest.mark.dates
 def test_costs_wait_prints_the_total_of_those_months(
     sandbox: SandboxServer, org: Org, tmp_path: Path
 ) -> None:

@@ -712,6 +712,7 @@ async def test_pretty_indents(sandbox: SandboxServer, api: httpx.AsyncClient) ->
 # --- Cost Explorer -------------------------------------------------------------------
 
 
+@pytest.mark.dates
 async def test_cost_totals_equal_invoice_subtotals(
     sandbox: SandboxServer, api: httpx.AsyncClient
 ) -> None:
@@ -755,6 +756,7 @@ async def test_cost_filters_and_csv(sandbox: SandboxServer, api: httpx.AsyncClie
     assert len(table) == len(rows) + 1
 
 
+@pytest.mark.dates
 @pytest.mark.parametrize(
     ("body", "code"),
     [
@@ -808,6 +810,7 @@ async def test_cost_query_needs_a_json_object(
         assert_error(response, 400, "INVALID_JSON")
 
 
+@pytest.mark.dates
 async def test_the_widest_accepted_range(sandbox: SandboxServer, api: httpx.AsyncClient) -> None:
     today = sandbox.data.today
     body = {
