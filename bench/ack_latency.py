@@ -106,7 +106,7 @@ def serve_baseline(port: int) -> None:
             Route("/healthz", healthz, methods=["GET"]),
         ]
     )
-    # The uvicorn settings of bot.server.serve.
+    # The uvicorn settings of bot.runtime.server.serve.
     uvicorn.run(asgi, host="127.0.0.1", port=port, http="httptools", log_level="info")
 
 

@@ -15,7 +15,7 @@ not linked; only the extra ones are.
 when the *digests* job's tick calls ``digests.start_due`` (the wait for that tick, at most
 ``BOT_DIGEST_SECONDS``, is not counted) and stops when the last digest has been committed *into
 the outbox* (rendered and queued; posting to Slack is the outbox job's, which is not run). The
-*poll* job runs meanwhile exactly as in production: ``bot.jobs.build_scheduler``'s interval job
+*poll* job runs meanwhile exactly as in production: ``bot.runtime.jobs.build_scheduler``'s interval job
 (APScheduler, every ``BOT_POLL_SECONDS``, ``max_instances=1``, ``coalesce``), the other jobs
 removed. Each run is measured twice: with the digest chart as shipped (matplotlib, CPU work in a
 thread) and with the chart replaced by a PNG rendered beforehand (everything else unchanged).
@@ -78,13 +78,13 @@ from sqlalchemy import func, update  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlmodel import col, select  # noqa: E402
 
-import bot.digests  # noqa: E402
-import bot.jobs  # noqa: E402
-from bot import alerts, digests  # noqa: E402
-from bot.app import build_deps  # noqa: E402
+import bot.runtime.jobs  # noqa: E402
+import bot.services.digests  # noqa: E402
 from bot.atlas import NotReady  # noqa: E402
-from bot.config import Settings  # noqa: E402
+from bot.core.config import Settings  # noqa: E402
 from bot.deps import Deps  # noqa: E402
+from bot.runtime.app import build_deps  # noqa: E402
+from bot.services import alerts, digests  # noqa: E402
 from storage import Database, links, schedules, thresholds  # noqa: E402
 from storage.db import make_engine  # noqa: E402
 from storage.models import CostQuery, DigestSchedule, OutboxMessage  # noqa: E402
@@ -220,7 +220,7 @@ class Instruments:
     def install(self, atlas: Any) -> None:
         for name in ("create_cost_query", "cost_result", "pending_invoices"):
             setattr(atlas, name, self._timed_call(getattr(atlas, name), name))
-        chart = bot.digests.digest_chart_png
+        chart = bot.services.digests.digest_chart_png
 
         def timed_chart(summary: Any) -> bytes:
             if not self.real_chart and self.stub_png is not None:
@@ -231,8 +231,8 @@ class Instruments:
             self.stub_png = png
             return png
 
-        bot.digests.digest_chart_png = timed_chart
-        complete = bot.digests.complete
+        bot.services.digests.digest_chart_png = timed_chart
+        complete = bot.services.digests.complete
 
         async def timed_complete(deps: Deps, row: Any, result: Any) -> bool:
             won = await complete(deps, row, result)
@@ -242,8 +242,8 @@ class Instruments:
                 trace.done.set()
             return won
 
-        bot.digests.complete = timed_complete
-        poll = bot.jobs.JOBS["poll"]
+        bot.services.digests.complete = timed_complete
+        poll = bot.runtime.jobs.JOBS["poll"]
 
         async def timed_poll(deps: Deps) -> Any:
             started = time.perf_counter()
@@ -255,7 +255,7 @@ class Instruments:
             self.trace.ticks.append((started, time.perf_counter(), report.claimed))
             return report
 
-        bot.jobs.JOBS["poll"] = timed_poll
+        bot.runtime.jobs.JOBS["poll"] = timed_poll
 
     def _timed_call(self, method: Callable[..., Any], name: str) -> Callable[..., Any]:
         async def timed(org_id: str, *args: Any, **kwargs: Any) -> Any:
@@ -433,7 +433,7 @@ async def digest_run(
     make_due(db, link_ids)
     trace = instruments.reset(len(link_ids))
     assert trace.done is not None
-    scheduler = bot.jobs.build_scheduler(deps)
+    scheduler = bot.runtime.jobs.build_scheduler(deps)
     for job in scheduler.get_jobs():
         if job.id != "poll":
             scheduler.remove_job(job.id)

@@ -17,7 +17,6 @@ from typing import Annotated, Any
 
 import typer
 
-from bot import billing, logs, version
 from bot.atlas import (
     AtlasAPIError,
     AtlasClient,
@@ -29,9 +28,12 @@ from bot.atlas import (
     validate_invoice_id,
     validate_org_id,
 )
-from bot.config import ConfigError, Settings, load_settings
-from bot.credentials import atlas_client
+from bot.core import version
+from bot.core.config import ConfigError, Settings, load_settings
 from bot.render.text import costs_text, invoice_text, pending_text
+from bot.runtime import logs
+from bot.services import spend
+from bot.services.credentials import atlas_client
 
 log = logging.getLogger("bot.cli")
 
@@ -114,9 +116,9 @@ def atlas_pending(
     """Pending (month-to-date) invoices of one org, with totals."""
     validate_org_id(org_id)
 
-    async def go() -> billing.PendingSummary:
+    async def go() -> spend.PendingSummary:
         async with atlas_client(_settings()) as client:
-            return await billing.pending(client, org_id)
+            return await spend.pending(client, org_id)
 
     summary = _run(go())
     if as_json:
@@ -138,7 +140,7 @@ def atlas_invoice(
     validate_org_id(org_id)
     validate_invoice_id(invoice_id)
 
-    async def go() -> billing.InvoiceSummary | None:
+    async def go() -> spend.InvoiceSummary | None:
         async with atlas_client(_settings()) as client:
             if csv:
                 out = sys.stdout.buffer
@@ -147,7 +149,7 @@ def atlas_invoice(
                         out.write(chunk)
                 out.flush()
                 return None
-            return await billing.invoice(client, org_id, invoice_id)
+            return await spend.invoice(client, org_id, invoice_id)
 
     summary = _run(go())
     if summary is None:
@@ -199,13 +201,13 @@ def atlas_costs(
     validate_org_id(org_id)
     validate_cost_query(query)
 
-    async def go() -> tuple[str, billing.CostSummary | None]:
+    async def go() -> tuple[str, spend.CostSummary | None]:
         async with atlas_client(_settings()) as client:
             token = await client.create_cost_query(org_id, query)
             if not wait:
                 return token, None
             result = await _wait_for(client, org_id, token)
-            return token, billing.summarise_costs(result, group_by)
+            return token, spend.summarise_costs(result, group_by)
 
     token, summary = _run(go())
     if summary is None:
@@ -285,7 +287,7 @@ def serve(
     port: Annotated[int | None, typer.Option("--port", min=1, max=65535)] = None,
 ) -> None:
     """Run the Slack app (HTTP mode, or Socket Mode when SLACK_APP_TOKEN is set) and the scheduler."""
-    from bot.server import serve as run_server
+    from bot.runtime.server import serve as run_server
 
     settings = _settings(serving=True)
     run_server(settings, port=port or settings.PORT)
@@ -300,8 +302,8 @@ def jobs_run(
     name: Annotated[str, typer.Argument(metavar="poll|thresholds|digests|outbox")],
 ) -> None:
     """Run one scheduler job once, now, and exit."""
-    from bot.app import build_deps
-    from bot.jobs import JOBS
+    from bot.runtime.app import build_deps
+    from bot.runtime.jobs import JOBS
 
     if name not in JOBS:
         raise CliError(f"unknown job {name!r}; jobs: {', '.join(JOBS)}", 2)
@@ -355,7 +357,8 @@ def secrets_rotate(
     """
     from pathlib import Path
 
-    from bot.secrets import SecretBox, SecretError, load_key, rotate, write_key_file
+    from bot.core.secrets import SecretBox, SecretError, load_key, write_key_file
+    from bot.services.credentials import rotate
     from storage import Database, credentials
 
     try:
@@ -409,7 +412,7 @@ def _describe(exc: BaseException) -> tuple[str, int]:
         return f"Atlas answered {exc.summary()}", 1
     if isinstance(exc, AtlasError):
         return str(exc), 1
-    from bot.secrets import SecretError
+    from bot.core.secrets import SecretError
     from storage import StorageConfigError, StorageError
 
     if isinstance(exc, SecretError):

@@ -27,14 +27,15 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from bot import version
 from bot.atlas import AtlasClient, AtlasError
-from bot.background import Background
-from bot.config import Settings
-from bot.logs import register_secret
-from bot.metrics import Metrics, slack_error_label
-from bot.secrets import SecretBox, SecretError, key_file, load_or_create_key
-from bot.singleflight import SingleFlight
+from bot.core import version
+from bot.core.config import Settings
+from bot.core.redaction import register_secret
+from bot.core.retry_after import parse_retry_after
+from bot.core.secrets import SecretBox, SecretError, key_file, load_or_create_key
+from bot.core.singleflight import SingleFlight
+from bot.runtime.background import Background
+from bot.runtime.metrics import Metrics, slack_error_label
 from storage import Database, credentials
 from storage.models import CredentialKind, OrgCredential
 
@@ -98,11 +99,11 @@ class ShortRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
     async def _can_retry_async(self, *, state, request, response=None, error=None) -> bool:
         if response is None or response.status_code != 429:
             return False
-        values = {k.lower(): v for k, v in response.headers.items()}.get("retry-after") or ["1"]
-        try:
-            return float(values[0]) <= MAX_INLINE_RETRY_AFTER
-        except (TypeError, ValueError):
-            return False
+        values = {k.lower(): v for k, v in response.headers.items()}.get("retry-after")
+        if not values:
+            return True  # slack_sdk waits 1 s when Slack names no time
+        seconds = parse_retry_after(values[0])
+        return seconds is not None and seconds <= MAX_INLINE_RETRY_AFTER
 
 
 def slack_client(
@@ -159,7 +160,7 @@ class Deps:
     """Settings, clients, database and clock: everything a handler or job may use.
 
     ``secrets`` encrypts stored Atlas credentials; when not given, the key is
-    loaded (or generated, see ``bot.secrets``) the first time it is needed.
+    loaded (or generated, see ``bot.core.secrets``) the first time it is needed.
     ``metrics`` is what ``GET /metrics`` shows; the Atlas clients built here for
     stored credentials count their requests into it.
     """

@@ -8,10 +8,10 @@ from datetime import timedelta
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 
-from bot import channels
 from bot.deps import Deps
-from bot.explain import UNEXPECTED, explain, slack_error
 from bot.render.alerts import ACK_ACTION, SNOOZE_ACTION, acknowledged_message, snoozed_message
+from bot.render.explain import UNEXPECTED, explain, slack_error
+from bot.services import links
 from storage import alerts
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,9 @@ SNOOZE_FOR = timedelta(hours=24)
 def _alert_id(action: dict) -> int | None:
     value = str(action.get("value", ""))
     return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
+
+
+NOT_KNOWN = "This alert is not known here any more."
 
 
 def register(app: AsyncApp, deps: Deps) -> None:
@@ -44,29 +47,29 @@ def register(app: AsyncApp, deps: Deps) -> None:
         message = body.get("message") or {}
         alert = await deps.db.run(alerts.get_alert, id=alert_id) if alert_id is not None else None
         if alert is None or alert.channel_id != channel_id or not message.get("ts"):
-            await respond(
-                text="This alert is not known here any more.",
-                response_type="ephemeral",
-                replace_original=False,
-            )
+            await respond(text=NOT_KNOWN, response_type="ephemeral", replace_original=False)
             return
         now = deps.clock()
+        blocks = message.get("blocks") or []
         if snooze:
             until = now + SNOOZE_FOR
-            await deps.db.run(alerts.snooze, id=alert.id, user_id=user_id, until=until)
-            updated = snoozed_message(message.get("blocks") or [], user_id=user_id, until=until)
+            known = await deps.db.run(alerts.snooze, id=alert.id, user_id=user_id, until=until)
+            updated = snoozed_message(blocks, user_id=user_id, until=until)
         else:
-            first = await deps.db.run(alerts.acknowledge, id=alert.id, user_id=user_id, now=now)
-            if not first:
-                alert = await deps.db.run(alerts.get_alert, id=alert.id)
-                user_id, now = alert.acknowledged_by or user_id, alert.acknowledged_at or now
-            updated = acknowledged_message(message.get("blocks") or [], user_id=user_id, at=now)
+            acked = await deps.db.run(alerts.acknowledge, id=alert.id, user_id=user_id, now=now)
+            known = acked is not None
+            if acked is not None:  # the first acknowledgement stands, whoever clicks later
+                user_id, now = acked.acknowledged_by or user_id, acked.acknowledged_at or now
+            updated = acknowledged_message(blocks, user_id=user_id, at=now)
+        if not known:  # removed (its link was unlinked) since it was read above
+            await respond(text=NOT_KNOWN, response_type="ephemeral", replace_original=False)
+            return
         try:
             await deps.slack.chat_update(channel=channel_id, ts=message["ts"], **updated.kwargs())
         except SlackApiError as exc:
             # The click is recorded already; only showing it in the message failed.
             team_id = (body.get("team") or {}).get("id", "")
-            await channels.slack_refused(
+            await links.slack_refused(
                 deps,
                 team_id=team_id,
                 channel_id=channel_id,

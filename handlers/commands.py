@@ -19,11 +19,10 @@ import aiohttp
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 
-from bot import channels
 from bot.atlas import AtlasError
-from bot.channels import require_admin
 from bot.deps import Deps
-from bot.explain import UNEXPECTED, Refusal, explain, slack_error
+from bot.render.explain import UNEXPECTED, Refusal, explain, slack_error
+from bot.services.links import require_admin, slack_refused
 from handlers import connect as connect_handler
 from handlers import costs as costs_handler
 from handlers import grammar, links, settings, spend
@@ -112,7 +111,7 @@ def register(app: AsyncApp, deps: Deps) -> None:
         except EXPECTED as exc:
             outcome = "refused" if isinstance(exc, Refusal) else "failed"
             if isinstance(exc, SlackApiError):
-                await channels.slack_refused(
+                await slack_refused(
                     deps,
                     team_id=invocation.team_id,
                     channel_id=invocation.channel_id,

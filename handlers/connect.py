@@ -22,11 +22,11 @@ from sqlmodel import Session
 
 from bot.atlas import AtlasError, Forbidden, InvalidInput, NotFound, Unauthorized
 from bot.atlas import validate_org_id as checked_org_id
-from bot.channels import is_admin
+from bot.core.secrets import SecretError
 from bot.deps import Deps, atlas_client_with
-from bot.explain import Refusal, explain
 from bot.render.blocks import notice
-from bot.secrets import SecretError
+from bot.render.explain import Refusal, explain
+from bot.services.links import is_admin
 from handlers.grammar import Connect
 from handlers.invocation import Invocation
 from storage import StorageError, audit, credentials, links

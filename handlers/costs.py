@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from bot import channels
-from bot import costs as cost_queries
+from bot.services import costs as cost_queries
+from bot.services import links
 from handlers.grammar import Costs
 from handlers.invocation import Invocation
 
 
 async def costs(invocation: Invocation, command: Costs) -> None:
     deps = invocation.deps
-    linked = await channels.linked_orgs(deps, invocation.team_id, invocation.channel_id)
-    org_id = channels.choose_org(linked, command.org_id)
+    linked = await links.linked_orgs(deps, invocation.team_id, invocation.channel_id)
+    org_id = links.choose_org(linked, command.org_id)
     await cost_queries.start(
         deps,
         team_id=invocation.team_id,

@@ -10,7 +10,8 @@ from datetime import date, time
 from enum import StrEnum
 from typing import Literal
 
-from bot.money import format_cents, parse_dollars
+from bot.core.money import format_cents, parse_dollars
+from bot.core.schedule import DEFAULT_DAY, DEFAULT_TIME
 
 MAX_TEXT = 2000
 MAX_THRESHOLD_CENTS = 100_000_000 * 100
@@ -196,7 +197,8 @@ SUBCOMMANDS: tuple[SubCommand, ...] = (
     ),
     SubCommand(
         "digest",
-        "monthly spend summary (default day 1 at 09:00 UTC; DAY 1–31 or last); `now` posts one at once",
+        f"monthly spend summary (default day {DEFAULT_DAY} at {DEFAULT_TIME:%H:%M} UTC; DAY 1–31 or last); "
+        "`now` posts one at once",
         (
             Form("digest on [DAY] [HH:MM]", Who.ADMINS, Digest, "on"),
             Form("digest off", Who.ADMINS, Digest, "off"),
@@ -502,7 +504,9 @@ def _digest(args: list[str], today: date | None) -> Digest:
             if day is not None:
                 raise UsageError("Give the DAY only once.", usage)
             day = _day(token, usage)
-    return Digest("on", day=1 if day is None else day, time=time(9, 0) if at is None else at)
+    return Digest(
+        "on", day=DEFAULT_DAY if day is None else day, time=DEFAULT_TIME if at is None else at
+    )
 
 
 _PARSERS = {

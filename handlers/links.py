@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from bot import channel_settings, channels
-from bot.money import format_cents
+from bot.core.money import format_cents
 from bot.render.blocks import notice
+from bot.services import links, settings
 from handlers.grammar import Link, Status, Unlink
 from handlers.invocation import Invocation
 
 
 async def link(invocation: Invocation, command: Link) -> None:
-    outcome = await channels.link(
+    outcome = await links.link(
         invocation.deps,
         team_id=invocation.team_id,
         channel_id=invocation.channel_id,
@@ -33,7 +33,7 @@ async def link(invocation: Invocation, command: Link) -> None:
 
 
 async def unlink(invocation: Invocation, command: Unlink) -> None:
-    removed = await channels.unlink(
+    removed = await links.unlink(
         invocation.deps,
         team_id=invocation.team_id,
         channel_id=invocation.channel_id,
@@ -51,7 +51,7 @@ async def unlink(invocation: Invocation, command: Unlink) -> None:
 
 
 async def status(invocation: Invocation, command: Status) -> None:
-    state = await channel_settings.state(
+    state = await settings.state(
         invocation.deps, team_id=invocation.team_id, channel_id=invocation.channel_id
     )
     if not state.links:

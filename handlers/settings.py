@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bot import channel_settings, digests
-from bot.money import format_cents
+from bot.core.money import format_cents
 from bot.render.blocks import notice
+from bot.services import digests, settings
 from handlers.grammar import Digest, OnCall, Threshold
 from handlers.invocation import Invocation
 
@@ -14,7 +14,7 @@ def _when(moment) -> str:
 
 
 async def threshold(invocation: Invocation, command: Threshold) -> None:
-    org_id, changed = await channel_settings.set_threshold(
+    org_id, changed = await settings.set_threshold(
         invocation.deps,
         team_id=invocation.team_id,
         channel_id=invocation.channel_id,
@@ -37,7 +37,7 @@ async def threshold(invocation: Invocation, command: Threshold) -> None:
 
 
 async def oncall(invocation: Invocation, command: OnCall) -> None:
-    await channel_settings.set_oncall(
+    await settings.set_oncall(
         invocation.deps,
         team_id=invocation.team_id,
         channel_id=invocation.channel_id,
@@ -56,7 +56,7 @@ async def oncall(invocation: Invocation, command: OnCall) -> None:
 async def digest(invocation: Invocation, command: Digest) -> None:
     deps = invocation.deps
     if command.action == "now":
-        link = await channel_settings.link_for(
+        link = await settings.link_for(
             deps,
             team_id=invocation.team_id,
             channel_id=invocation.channel_id,
@@ -69,7 +69,7 @@ async def digest(invocation: Invocation, command: Digest) -> None:
         )
         return
     day = str(command.day) if command.action == "on" else None
-    runs = await channel_settings.set_digest(
+    runs = await settings.set_digest(
         deps,
         team_id=invocation.team_id,
         channel_id=invocation.channel_id,

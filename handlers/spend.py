@@ -9,21 +9,21 @@ from pathlib import Path
 
 from slack_sdk.errors import SlackRequestError
 
-from bot import billing, channels
 from bot.atlas.invoice_csv import summarise_invoice_csv_file
-from bot.explain import upload_error
 from bot.render.blocks import invoice_message, pending_message
+from bot.render.explain import upload_error
+from bot.services import links, spend
 from handlers.grammar import Invoice, Pending
 from handlers.invocation import Invocation
 
 
 async def pending(invocation: Invocation, command: Pending) -> None:
     deps = invocation.deps
-    linked = await channels.linked_orgs(deps, invocation.team_id, invocation.channel_id)
-    orgs = channels.choose_orgs(linked, command.org_id)
+    linked = await links.linked_orgs(deps, invocation.team_id, invocation.channel_id)
+    orgs = links.choose_orgs(linked, command.org_id)
     summaries = await asyncio.gather(
         *(
-            deps.pending_reads.run(o, functools.partial(billing.pending, deps.atlas_for(o), o))
+            deps.pending_reads.run(o, functools.partial(spend.pending, deps.atlas_for(o), o))
             for o in orgs
         )
     )
@@ -33,10 +33,10 @@ async def pending(invocation: Invocation, command: Pending) -> None:
 async def invoice(invocation: Invocation, command: Invoice) -> None:
     """The summary for everyone, then the CSV as a file (streamed to disk, never held whole)."""
     deps = invocation.deps
-    linked = await channels.linked_orgs(deps, invocation.team_id, invocation.channel_id)
-    org_id = channels.choose_org(linked, command.org_id)
+    linked = await links.linked_orgs(deps, invocation.team_id, invocation.channel_id)
+    org_id = links.choose_org(linked, command.org_id)
     client = deps.atlas_for(org_id)
-    summary = await billing.invoice(client, org_id, command.invoice_id)
+    summary = await spend.invoice(client, org_id, command.invoice_id)
     with tempfile.TemporaryDirectory(prefix="atlas-invoice-") as tmp:
         path = Path(tmp) / f"atlas-invoice-{command.invoice_id}.csv"
         with path.open("wb") as sink:

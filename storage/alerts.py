@@ -105,15 +105,21 @@ def set_outbox_key(session: Session, *, ids: Sequence[int], key: str) -> int:
     return result.rowcount
 
 
-def acknowledge(session: Session, *, id: int, user_id: str, now: datetime | None = None) -> bool:
-    """Record that `user_id` acknowledged the alert; True only for the first acknowledgement."""
-    result = session.exec(
+def acknowledge(
+    session: Session, *, id: int, user_id: str, now: datetime | None = None
+) -> Alert | None:
+    """Record that `user_id` acknowledged the alert, unless someone did first.
+
+    Returns the alert as it then stands (so `acknowledged_by` is whoever was first), or None
+    when it no longer exists: one call, so no alert can vanish between a write and a re-read.
+    """
+    session.exec(
         update(Alert)
         .where(col(Alert.id) == id, col(Alert.acknowledged_at).is_(None))
         .values(acknowledged_by=user_id, acknowledged_at=now or utcnow())
         .execution_options(synchronize_session="fetch")
     )
-    return result.rowcount == 1
+    return session.get(Alert, id, populate_existing=True)
 
 
 def snooze(session: Session, *, id: int, user_id: str, until: datetime) -> bool:

@@ -1,7 +1,7 @@
 """Per-org Atlas credentials: the public half in clear, the secret half as ciphertext only.
 
 Nothing here encrypts or decrypts: callers hand in ciphertext made by
-`bot.secrets` together with the fingerprint (`key_id`) of the key that made it.
+`bot.core.secrets` together with the fingerprint (`key_id`) of the key that made it.
 """
 
 from __future__ import annotations

@@ -400,7 +400,7 @@ class CredentialKind(StrEnum):
 
 
 PUBLIC_ID_LENGTH = 64  # `mdb_sa_id_` + 24 hex digits, or an 8-letter public key
-KEY_ID_LENGTH = 16  # a fingerprint of the encryption key (bot.secrets uses 8 hex digits)
+KEY_ID_LENGTH = 16  # a fingerprint of the encryption key (bot.core.secrets uses 8 hex digits)
 
 
 class OrgCredential(SQLModel, table=True):
@@ -408,7 +408,7 @@ class OrgCredential(SQLModel, table=True):
 
     `public_id` (service account client ID, or API public key) is not secret and is
     stored in clear; the secret half is only ever stored as `ciphertext`, a Fernet
-    token made by `bot.secrets`. `key_id` fingerprints the key that made it, so a
+    token made by `bot.core.secrets`. `key_id` fingerprints the key that made it, so a
     key rotation can tell which rows it has done and resume after a crash.
     `version` goes up each time the credentials are replaced (not on rotation,
     which keeps the secret), so a cached Atlas client knows when it is stale.

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from bot.atlas._errors import AtlasTransportError, Unauthorized, error_class
+from bot.core.retry_after import parse_retry_after
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -123,7 +124,7 @@ class ServiceAccountAuth(httpx.Auth):
                 error_code="TOKEN_ENDPOINT_UNAVAILABLE",
                 detail="the Atlas token endpoint is unavailable",
                 body=response.text[:500],
-                retry_after=_seconds(response.headers.get("Retry-After")),
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
             )
         if status != 200:
             raise Unauthorized(
@@ -161,10 +162,3 @@ class ServiceAccountAuth(httpx.Auth):
 def api_key_auth(public_key: str, private_key: str) -> httpx.DigestAuth:
     """An Atlas programmatic API key pair: HTTP Digest, public key as the user name."""
     return httpx.DigestAuth(public_key, private_key)
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None

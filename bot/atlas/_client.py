@@ -18,13 +18,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import date
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import ValidationError
 
-from bot import version
 from bot.atlas import _ids
 from bot.atlas._auth import ServiceAccountAuth, api_key_auth
 from bot.atlas._budget import RequestBudget
@@ -40,6 +38,8 @@ from bot.atlas._errors import (
 from bot.atlas._ids import SERVICES
 from bot.atlas._media import Operation, media_type
 from bot.atlas._models import CostQuery, CostResult, CostRow, Invoice, InvoiceMetadata, NotReady
+from bot.core import version
+from bot.core.retry_after import parse_retry_after
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -471,18 +471,7 @@ def validate_cost_query(query: CostQuery) -> dict[str, Any]:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - time.time())
+    return parse_retry_after(response.headers.get("Retry-After"))
 
 
 def _error_body(response: httpx.Response) -> Any:

@@ -15,7 +15,7 @@ from decimal import Decimal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from bot.money import dollars_to_cents
+from bot.core.money import dollars_to_cents
 
 
 class _AtlasModel(BaseModel):

@@ -21,7 +21,7 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from bot.money import format_cents
+from bot.core.money import format_cents
 from bot.render.blocks import Message, _finish, _md, ranked
 from bot.render.digest import month_name
 

@@ -20,8 +20,8 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from bot.billing import CostSummary, InvoiceSummary, PendingSummary
-from bot.money import format_cents
+from bot.core.money import format_cents
+from bot.services.spend import CostSummary, InvoiceSummary, PendingSummary
 
 SECTION_TEXT_LIMIT = 3000
 MAX_BLOCKS = 50

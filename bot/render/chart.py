@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING
 
-from bot.money import format_cents
+from bot.core.money import format_cents
 from bot.render.digest import DigestSummary, month_name
 
 if TYPE_CHECKING:

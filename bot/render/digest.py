@@ -23,8 +23,8 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.atlas import CostResult, CostRow
-from bot.money import dollars_to_cents, format_cents
-from bot.months import add_months, first_of_month
+from bot.core.money import dollars_to_cents, format_cents
+from bot.core.months import add_months, first_of_month
 from bot.render.blocks import TOP, Message, _finish, _md, escape
 
 FIELD_TEXT_LIMIT = 2000  # Slack's limit for one section field

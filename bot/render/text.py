@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bot.billing import CostSummary, InvoiceSummary, PendingSummary
-from bot.money import format_cents
+from bot.core.money import format_cents
+from bot.services.spend import CostSummary, InvoiceSummary, PendingSummary
 
 
 def _rows(pairs: tuple[tuple[str, int], ...], limit: int) -> list[str]:

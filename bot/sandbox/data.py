@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import cached_property, lru_cache
 from typing import Any
 
-from bot.months import add_months, first_of_month
+from bot.core.months import add_months, first_of_month
 
 CLOSED_MONTHS = 6
 HUGE_LINE_ITEMS = 200_000

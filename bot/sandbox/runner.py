@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import date
 from types import TracebackType
 
-from bot.localserver import LocalServer
+from bot.runtime.localserver import LocalServer
 from bot.sandbox.data import SandboxData
 from bot.sandbox.server import SandboxState, create_app
 

@@ -25,15 +25,15 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.signature import SignatureVerifier
 
-from bot.app import build_app, build_deps
 from bot.atlas import AtlasClient
-from bot.background import Background
-from bot.config import Settings
-from bot.credentials import atlas_client
+from bot.core.config import Settings
 from bot.deps import Deps, slack_client
-from bot.jobs import JOBS, Jobs
-from bot.localserver import LocalServer
 from bot.render.terminal import mrkdwn_to_text
+from bot.runtime.app import build_app, build_deps
+from bot.runtime.background import Background
+from bot.runtime.jobs import JOBS, Jobs
+from bot.runtime.localserver import LocalServer
+from bot.services.credentials import atlas_client
 from bot.shell.terminal_slack import SHELL_CHANNEL, SHELL_TEAM, SHELL_USER, TerminalSlack
 from storage import Database, cost_queries, links, outbox
 

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from bot.app import build_app, build_deps
 from bot.atlas import AtlasClient
-from bot.config import Settings
+from bot.core.config import Settings
 from bot.deps import Deps, slack_client
-from bot.localserver import LocalServer
+from bot.runtime.app import build_app, build_deps
+from bot.runtime.localserver import LocalServer
+from bot.runtime.server import build_asgi
 from bot.sandbox import SandboxServer
-from bot.server import build_asgi
 from storage import Database, links
 from tests.fakes import clock
 from tests.fakes.slack import FakeSlack, SlackDriver

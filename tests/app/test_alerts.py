@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 from sqlmodel import select
 
-from bot import alerts as alert_job
-from bot import outbox as outbox_job
-from bot.money import format_cents
+from bot.core.money import format_cents
+from bot.services import alerts as alert_job
+from bot.slack import outbox as outbox_job
 from storage import audit
 from storage.models import Alert, OutboxMessage, Threshold
 from tests.app.conftest import CHANNEL

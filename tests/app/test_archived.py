@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
-from bot import alerts as alert_job
-from bot import costs, digests
-from bot import outbox as outbox_job
+from bot.services import alerts as alert_job
+from bot.services import costs, digests
+from bot.slack import outbox as outbox_job
 from storage import audit, schedules, thresholds
 from storage.models import ChannelLink, CostQuery, OutboxMessage
 from tests.app.conftest import CHANNEL, OTHER_CHANNEL

@@ -8,9 +8,9 @@ import json
 import pytest
 from sqlmodel import select
 
-from bot import costs
-from bot.money import format_cents
+from bot.core.money import format_cents
 from bot.sandbox import Fault
+from bot.services import costs
 from storage import audit, cost_queries, links
 from storage.models import CostQuery, QueryStatus
 from tests.app.conftest import CHANNEL, OTHER_CHANNEL, TEAM

@@ -12,7 +12,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import inspect, text
 
-from bot.secrets import SecretBox
+from bot.core.secrets import SecretBox
 from handlers.connect import CALLBACK_ID
 from storage import audit, credentials
 from tests.app.conftest import CHANNEL, OTHER_CHANNEL, TEAM

@@ -8,7 +8,7 @@ import itertools
 import pytest
 from sqlmodel import select
 
-from bot.costs import MAX_OPEN_PER_CHANNEL, MAX_OPEN_PER_USER
+from bot.services.costs import MAX_OPEN_PER_CHANNEL, MAX_OPEN_PER_USER
 from storage.models import CostQuery
 from tests.app.helpers import eventually
 from tests.fakes.clock import month

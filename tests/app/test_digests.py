@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
-from bot import costs, digests
-from bot import outbox as outbox_job
-from bot.money import format_cents
+from bot.core.money import format_cents
 from bot.sandbox import Fault
+from bot.services import costs, digests
+from bot.slack import outbox as outbox_job
 from storage import outbox, schedules
 from storage.models import CostQuery, DigestSchedule, OutboxMessage
 from tests.app.conftest import CHANNEL

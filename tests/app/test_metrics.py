@@ -11,10 +11,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot import alerts, costs, outbox
-from bot.app import build_deps
 from bot.atlas import Operation
 from bot.deps import Deps
+from bot.runtime.app import build_deps
+from bot.services import alerts, costs
+from bot.slack import outbox
 from handlers.grammar import NAMES
 from tests.fakes.clock import Clock
 

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import select
 
-from bot.schedule import next_run, reported_month
+from bot.core.schedule import next_run, reported_month
 from storage import channel_config, links, schedules, thresholds
 from storage.models import Alert, CostQuery, DigestSchedule, OutboxMessage
 from tests.app.conftest import CHANNEL, OTHER_CHANNEL, TEAM
@@ -288,7 +288,7 @@ def test_a_replica_killed_while_posting_an_alert_does_not_post_it_twice(
 
     second = ServeProcess(env, _free_port(), tmp_path)
     try:
-        # Four outbox ticks: the dead worker's lease (bot.outbox.LEASE_SECONDS = 120 s) keeps
+        # Four outbox ticks: the dead worker's lease (bot.slack.outbox.LEASE_SECONDS = 120 s) keeps
         # the message from everyone, so a crashed replica delays its alerts by two minutes.
         time.sleep(2)
         assert _outbox(db, key).status == "pending" and _outbox(db, key).attempts == 1
@@ -429,11 +429,11 @@ def test_a_graceful_stop_while_an_alert_is_being_posted_logs_no_traceback_and_ke
     """SIGINT (a deploy, ``docker stop``) while the outbox waits for Slack's answer.
 
     A graceful stop should let the job finish (or at least hand the message back) and
-    log no error. Today bot/server.py's lifespan calls ``scheduler.shutdown(wait=False)``
+    log no error. Today bot/runtime/server.py's lifespan calls ``scheduler.shutdown(wait=False)``
     and closes the clients while jobs still run; when uvicorn returns, ``asyncio.run``
     cancels the job task, APScheduler logs the CancelledError as "Job ... raised an
     exception" with a traceback, and the message stays leased to the stopped worker for
-    bot.outbox.LEASE_SECONDS (120 s) although it was posted.
+    bot.slack.outbox.LEASE_SECONDS (120 s) although it was posted.
     """
     [org_id] = sandbox.data.org_ids[:1]
     seeded = _seed(db, sandbox, [org_id], (CHANNEL,), digest=False)

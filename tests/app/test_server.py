@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from bot.app import build_app, build_deps
-from bot.localserver import LocalServer
-from bot.server import build_asgi
+from bot.runtime.app import build_app, build_deps
+from bot.runtime.localserver import LocalServer
+from bot.runtime.server import build_asgi
 from storage import Database
 from tests.app.conftest import bot_settings
 from tests.fakes.clock import now

@@ -36,12 +36,13 @@ from sqlalchemy import delete
 from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel, select
 
-from bot import alerts as alert_job
-from bot import costs
-from bot import outbox as outbox_job
-from bot.app import build_app, build_deps
-from bot.localserver import LocalServer
-from bot.server import build_asgi
+from bot.core.retry_after import MAX_RETRY_AFTER
+from bot.runtime.app import build_app, build_deps
+from bot.runtime.localserver import LocalServer
+from bot.runtime.server import build_asgi
+from bot.services import alerts as alert_job
+from bot.services import costs
+from bot.slack import outbox as outbox_job
 from storage import Database, audit, links, outbox, thresholds
 from storage.db import make_engine, upgrade
 from storage.models import Alert, ChannelLink, CostQuery, OutboxMessage
@@ -66,10 +67,10 @@ COSTS = f"costs {month(-4)} {month(-1)}"
 # The call sites (columns), in the bot's own words.
 ANSWER = "command answer"  # handlers/invocation.py `post`: chat.postMessage
 INVOICE = "invoice CSV"  # handlers/spend.py `invoice`: files_upload_v2 with a channel
-STARTED = "costs started"  # bot/costs.py `start`: chat.postMessage
-RESULT = "costs result"  # bot/costs.py `_finish`: chat.update, by the poll job
-POST = "outbox post"  # bot/outbox.py `_deliver`: chat.postMessage
-CHART = "digest chart"  # bot/outbox.py `_deliver`: files_upload_v2 without a channel
+STARTED = "costs started"  # bot/services/costs.py `start`: chat.postMessage
+RESULT = "costs result"  # bot/services/costs.py `_finish`: chat.update, by the poll job
+POST = "outbox post"  # bot/slack/outbox.py `_deliver`: chat.postMessage
+CHART = "digest chart"  # bot/slack/outbox.py `_deliver`: files_upload_v2 without a channel
 BUTTON = "alert button"  # handlers/alerts.py: chat.update
 SITES = (ANSWER, INVOICE, STARTED, RESULT, POST, CHART, BUTTON)
 
@@ -105,7 +106,7 @@ class Cell:
     many attempts it takes: never failed) or ``n/a`` (the fault cannot come at that site; ``anyway`` is
     what happens if it did).
     ``logged``: a warning or error names the fault. ``disables``: the channel's links are
-    disabled and audited (``bot/channels.py`` ``slack_refused``).
+    disabled and audited (``bot/services/links.py`` ``slack_refused``).
     """
 
     kind: str
@@ -819,6 +820,29 @@ async def test_a_long_retry_after_does_not_make_two_replicas_post_the_same_messa
         await second.atlas.aclose()
     assert slept == []
     assert len(_posted_with(bot, key)) == 1
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "wait"),
+    [("inf", MAX_RETRY_AFTER), ("1e12", MAX_RETRY_AFTER), ("nan", None), ("soon", None)],
+)
+async def test_a_429_with_an_unreadable_retry_after_is_retried_later(bot, org, retry_after, wait):
+    """``inf`` once overflowed the outbox's ``timedelta`` and ``nan`` slipped past its checks:
+    the message is kept and retried, after the cap or after the outbox's own back-off."""
+    bot.link(org.id)
+    replica, clock = replica_with_clock(bot)
+    key = f"alert:1:2026-11:100:{retry_after}"
+    _enqueue(bot, replica, key, chart=False)
+    bot.fake.fail_next("chat.postMessage", status=429, retry_after=retry_after, times=4)
+    try:
+        report = await outbox_job.deliver_due(replica)
+    finally:
+        await replica.atlas.aclose()
+    assert report.retried == 1
+    row = _message(bot, key)
+    expected = wait if wait is not None else outbox_job.backoff(row.attempts - 1)
+    assert row.status == "pending"
+    assert abs((row.not_before - clock()).total_seconds() - expected) < 1
 
 
 async def test_only_an_unknown_refusal_exhausts_the_outbox_attempts(bot, org, logs):

@@ -579,7 +579,7 @@ async def test_a_token_endpoint_hiccup_is_retried_not_reported_as_bad_credential
     """A new token (first use, refresh, or the "expired token" row's retry) can meet the same
     transient faults as any API call. ``ServiceAccountAuth._fetch`` turns a 503 into
     ``Unauthorized(503, INVALID_SERVICE_ACCOUNT)`` and a reset into ``AtlasTransportError``;
-    neither is retried, and bot/costs.py treats ``Unauthorized`` as permanent."""
+    neither is retried, and bot/services/costs.py treats ``Unauthorized`` as permanent."""
     ctx = _ctx(sandbox)
     kind = {"503 + Retry-After": "status", "connection reset": "reset"}[fault]
     extra = {"status": 503, "retry_after": RETRY_AFTER} if kind == "status" else {}

@@ -30,7 +30,7 @@ from typing import IO
 import httpx
 import pytest
 
-from bot.config import Settings
+from bot.core.config import Settings
 from bot.deps import slack_client
 from bot.sandbox import Fault, LoggedRequest, SandboxData, SandboxServer
 from bot.sandbox.data import Invoice, Org

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import functools
 
-import bot.app
+import bot.runtime.app
 from tests.fakes import clock
 
-bot.app.build_deps = functools.partial(bot.app.build_deps, clock=clock.now)
+bot.runtime.app.build_deps = functools.partial(bot.runtime.app.build_deps, clock=clock.now)
 
 if __name__ == "__main__":
     from bot.cli import main

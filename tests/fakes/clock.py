@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from bot.months import add_months
+from bot.core.months import add_months
 
 ENV = "TEST_TODAY"
 

@@ -224,7 +224,7 @@ class FakeSlack:
         *,
         status: int = 200,
         error: str | None = None,
-        retry_after: int | None = None,
+        retry_after: float | str | None = None,
         times: int = 1,
         applied: bool = False,
     ) -> None:

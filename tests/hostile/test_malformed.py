@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 from sqlalchemy import func, inspect, select, table
 
-from bot.slack_guard import MAX_BODY_BYTES
+from bot.slack.guard import MAX_BODY_BYTES
 from tests.app.conftest import CHANNEL, SECRET
 from tests.fakes.slack import block_action, view_submission
 

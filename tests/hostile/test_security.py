@@ -15,12 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.app import build_app, build_deps
-from bot.config import Settings
-from bot.localserver import LocalServer
+from bot.core.config import Settings
+from bot.core.secrets import KEY_FILE_NAME, load_or_create_key
+from bot.runtime.app import build_app, build_deps
+from bot.runtime.localserver import LocalServer
+from bot.runtime.server import build_asgi
 from bot.sandbox import Fault
-from bot.secrets import KEY_FILE_NAME, load_or_create_key
-from bot.server import build_asgi
 from handlers.commands import WORK_AT_ONCE
 from handlers.connect import CALLBACK_ID, read_form
 from storage import (
@@ -461,8 +461,8 @@ async def test_atlas_text_shown_in_a_channel_message_is_escaped(bot, sandbox):
 
 
 async def test_atlas_text_in_a_failed_digest_notice_is_escaped(bot, sandbox):
-    from bot import costs
-    from bot import outbox as outbox_job
+    from bot.services import costs
+    from bot.slack import outbox as outbox_job
     from tests.app.helpers import replica_with_clock
 
     org = sandbox.data.org_ids[0]
@@ -560,7 +560,7 @@ def test_a_key_file_others_can_read_is_still_used_but_warned_about(tmp_path, cap
 
     def load() -> list[logging.LogRecord]:
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="bot.secrets"):
+        with caplog.at_level(logging.INFO, logger="bot.core.secrets"):
             assert load_or_create_key(settings) == key
         assert all(key not in record.getMessage() for record in caplog.records)
         return [record for record in caplog.records if record.levelno >= logging.WARNING]

@@ -1,4 +1,4 @@
-"""`bot.slack_guard` on its own: any body is a checked payload or a 400, the retry memory forgets
+"""`bot.slack.guard` on its own: any body is a checked payload or a 400, the retry memory forgets
 on time, and a first delivery that failed is processed when Slack retries it."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from slack_bolt import BoltResponse
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from bot.slack_guard import (
+from bot.slack.guard import (
     FORM,
     JSON,
     REMEMBER_SECONDS,

@@ -3,7 +3,6 @@
 import json
 from datetime import date
 
-from bot.billing import CostSummary, InvoiceSummary, PendingSummary
 from bot.render.blocks import (
     MAX_BLOCKS,
     costs_result_message,
@@ -12,6 +11,7 @@ from bot.render.blocks import (
     ranked,
 )
 from bot.render.terminal import blocks_to_text, mrkdwn_to_text
+from bot.services.spend import CostSummary, InvoiceSummary, PendingSummary
 
 
 def _invoice(**overrides) -> InvoiceSummary:

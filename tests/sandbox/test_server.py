@@ -17,7 +17,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from bot.months import add_months
+from bot.core.months import add_months
 from bot.sandbox import OAUTH_TOKEN, Fault, SandboxServer
 from bot.sandbox.data import HUGE_LINE_ITEMS
 from tests.contract import ContractError, contract_hooks, validate_request, validate_response

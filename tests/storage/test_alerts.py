@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, func, select
 
-from storage import alerts, audit
+from storage import alerts, audit, links
 from storage.db import Database
 from storage.models import Alert, ChannelLink
 from tests.storage.conftest import ORG_B, blocked_on_lock, make_link, run_together, wait_until
@@ -168,12 +168,26 @@ def test_acknowledge_only_the_first_time(db: Database) -> None:
         [alert] = record(session, link, ["100"])
 
     with db.session() as session:
-        assert alerts.acknowledge(session, id=alert.id, user_id="U1", now=T0)
+        first = alerts.acknowledge(session, id=alert.id, user_id="U1", now=T0)
+        assert (first.acknowledged_by, first.acknowledged_at) == ("U1", T0)
     with db.session() as session:
-        assert not alerts.acknowledge(session, id=alert.id, user_id="U2", now=T0)
-        assert not alerts.acknowledge(session, id=alert.id + 1000, user_id="U2")
+        later = alerts.acknowledge(session, id=alert.id, user_id="U2", now=T0 + timedelta(hours=1))
+        assert (later.acknowledged_by, later.acknowledged_at) == ("U1", T0)  # the first stands
+        assert alerts.acknowledge(session, id=alert.id + 1000, user_id="U2") is None
         stored = alerts.get_alert(session, id=alert.id)
     assert (stored.acknowledged_by, stored.acknowledged_at) == ("U1", T0)
+
+
+def test_acknowledging_a_deleted_alert_says_it_is_gone(db: Database) -> None:
+    link = make_link(db)
+    with db.session() as session:
+        [alert] = record(session, link, ["100"])
+    with db.session() as session:
+        links.remove_link(
+            session, team_id=link.team_id, channel_id=link.channel_id, org_id=link.org_id
+        )
+    with db.session() as session:
+        assert alerts.acknowledge(session, id=alert.id, user_id="U1", now=T0) is None
 
 
 def test_concurrent_acknowledgements_have_one_winner(db: Database) -> None:
@@ -181,15 +195,15 @@ def test_concurrent_acknowledgements_have_one_winner(db: Database) -> None:
     with db.session() as session:
         [alert] = record(session, link, ["100"])
 
-    def ack(i: int) -> bool:
+    def ack(i: int) -> str | None:
         with db.session() as session:
-            return alerts.acknowledge(session, id=alert.id, user_id=f"U{i}")
+            return alerts.acknowledge(session, id=alert.id, user_id=f"U{i}").acknowledged_by
 
     results = run_together(5, ack)
 
-    assert sorted(results) == [False] * 4 + [True]
+    [winner] = set(results)  # every caller is told the same, first, acknowledger
     with db.session() as session:
-        assert alerts.get_alert(session, id=alert.id).acknowledged_by == f"U{results.index(True)}"
+        assert alerts.get_alert(session, id=alert.id).acknowledged_by == winner
 
 
 def test_snooze_and_snoozed_until(db: Database) -> None:

@@ -19,18 +19,18 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from bot import logs
-from bot.app import build_deps
 from bot.atlas import AtlasClient
-from bot.config import Settings
-from bot.logs import REDACTED, Redactor
-from bot.secrets import SecretBox
+from bot.core.config import Settings
+from bot.core.redaction import REDACTED, Redactor, register_secret
+from bot.core.secrets import SecretBox
+from bot.runtime import logs
+from bot.runtime.app import build_deps
 from storage import Database, credentials, links
 from tests.app.conftest import CHANNEL, SECRET, TEAM
 from tests.app.test_restart import _env, _free_port, _wait
 from tests.fakes.slack import FakeSlack, SlackDriver
 
-log = logging.getLogger("tests.bot.logs")
+log = logging.getLogger("tests.runtime.test_logs")
 
 # Configured secrets of no recognisable shape: only their registration can hide them.
 CONFIGURED = {
@@ -151,8 +151,8 @@ def test_third_party_chatter_waits_for_debug(configure) -> None:
     stream = configure(settings(), serving=True)
     logging.getLogger("httpx").info('HTTP Request: GET https://cloud.mongodb.com "200 OK"')
     logging.getLogger("apscheduler.executors.default").info('Running job "poll"')
-    logging.getLogger("bot.jobs").info("job poll was cancelled while stopping")
-    assert [json.loads(line)["logger"] for line in lines(stream)] == ["bot.jobs"]
+    logging.getLogger("bot.runtime.jobs").info("job poll was cancelled while stopping")
+    assert [json.loads(line)["logger"] for line in lines(stream)] == ["bot.runtime.jobs"]
 
 
 # ---- redaction --------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def test_shapes_leave_ordinary_text_alone() -> None:
 
 def test_a_secret_is_redacted_as_json_escapes_it_and_as_a_url_carries_it(configure) -> None:
     secret = unique_secret() + '"\\=é+/ &'
-    logs.register_secret(secret)
+    register_secret(secret)
     stream = configure(settings(), serving=True)
     log.warning("body: %s", json.dumps({"secret": secret}))  # escaped twice in the JSON line
     log.warning("url: %s", httpx.URL("https://example.com/", params={"s": secret}))
@@ -350,7 +350,7 @@ def test_serve_logs_json_on_stderr_without_any_secret(sandbox, fake_slack, db, t
     records = [json.loads(line) for line in text.splitlines() if line.strip()]  # all JSON
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
     loggers = {r["logger"] for r in records}
-    assert {"bot.server", "uvicorn.error", "uvicorn.access"} <= loggers, loggers
+    assert {"bot.runtime.server", "uvicorn.error", "uvicorn.access"} <= loggers, loggers
     probes = [r["message"] for r in records if "/healthz/" in r["message"]]
     assert len(probes) == len(every)
     assert all(f"/healthz/{REDACTED} HTTP" in probe for probe in probes), probes
@@ -423,12 +423,14 @@ def _access(method: str, path: str, status: int) -> logging.LogRecord:
 
 
 def test_successful_probes_are_left_out_of_the_access_log_and_failures_are_not():
-    from bot.logs import quiet_probes
+    from bot.runtime.logs import quiet_probes
 
     assert quiet_probes(_access("GET", "/healthz", 200)) is False
     assert quiet_probes(_access("GET", "/metrics", 200)) is False
     assert quiet_probes(_access("GET", "/healthz", 503)) is True  # a failing probe is news
     assert quiet_probes(_access("POST", "/slack/events", 200)) is True
     assert quiet_probes(_access("GET", "/healthz/extra", 404)) is True
-    other = logging.LogRecord("bot.server", logging.INFO, __file__, 1, "GET /healthz", (), None)
+    other = logging.LogRecord(
+        "bot.runtime.server", logging.INFO, __file__, 1, "GET /healthz", (), None
+    )
     assert quiet_probes(other) is True

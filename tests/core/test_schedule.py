@@ -4,8 +4,8 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from bot.months import add_months
-from bot.schedule import next_run, reported_month
+from bot.core.months import add_months
+from bot.core.schedule import next_run, reported_month
 
 
 def at(*args) -> datetime:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import ConfigError, Settings, load_settings
+from bot.core.config import ConfigError, Settings, load_settings
 
 ALL_VARS = [
     "MONGODB_ATLAS_BASE_URL",
@@ -167,7 +167,7 @@ def test_the_repr_of_settings_and_deps_never_shows_a_secret(tmp_path):
 
 # ---- .env.example: every variable, its comment and its default ------------------------------
 
-EXAMPLE = Path(__file__).resolve().parents[1] / ".env.example"
+EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
 VARIABLE_LINE = re.compile(r"# ([A-Z][A-Z0-9_]*)=(.*)")
 # In CONTRACT.md, not read by this release yet: listed in the example, ignored by Settings.
 NOT_READ_YET = {"BOT_WORKERS"}

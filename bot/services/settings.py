@@ -7,9 +7,9 @@ from datetime import datetime, time
 
 from sqlmodel import Session
 
-from bot.channels import choose_org
+from bot.core.schedule import next_run
 from bot.deps import Deps
-from bot.schedule import next_run
+from bot.services.links import choose_org
 from storage import audit, channel_config, links, schedules, thresholds
 from storage.models import ChannelConfig, ChannelLink, DigestSchedule, Threshold
 

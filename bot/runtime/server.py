@@ -3,7 +3,7 @@
 HTTP mode serves ``POST /slack/events`` (commands, actions, events),
 ``GET /healthz`` and ``GET /metrics`` (Prometheus) from one ASGI app; the
 scheduler lives in its lifespan, so it starts and stops with the server. Slack
-requests pass ``bot.slack_guard`` (size, signature, payload shape, retries)
+requests pass ``bot.slack.guard`` (size, signature, payload shape, retries)
 before Bolt dispatches them. Socket Mode has no HTTP server, so no ``/healthz``
 or ``/metrics`` either.
 """
@@ -22,11 +22,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bot.app import build_app, build_deps
-from bot.config import ConfigError, Settings
+from bot.core.config import ConfigError, Settings
 from bot.deps import Deps
-from bot.jobs import Jobs
-from bot.slack_guard import SlackGuard
+from bot.runtime.app import build_app, build_deps
+from bot.runtime.jobs import Jobs
+from bot.slack.guard import SlackGuard
 from storage import StorageError, cost_queries
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def serve(settings: Settings, *, port: int, host: str = "0.0.0.0") -> None:
         asyncio.run(_socket_mode(deps, app, settings.SLACK_APP_TOKEN))
         return
     log.info("serving Slack HTTP mode on %s:%s", host, port)
-    # log_config=None: uvicorn's loggers keep the process's handler (bot.logs), so its lines
+    # log_config=None: uvicorn's loggers keep the process's handler (bot.runtime.logs), so its lines
     # are JSON and redacted like the rest; their level is the root's (BOT_LOG_LEVEL).
     uvicorn.run(build_asgi(deps, app), host=host, port=port, http="httptools", log_config=None)
 

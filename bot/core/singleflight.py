@@ -23,7 +23,9 @@ class SingleFlight:
 
     async def run(self, key: object, fetch: Callable[[], Awaitable[T]]) -> T:
         shared = self._inflight.get(key)
-        if shared is None:
+        # A finished answer stays in the map until its done-callback runs (a later turn of
+        # the loop): a caller arriving in between asks anew rather than take that older answer.
+        if shared is None or shared.done():
             shared = asyncio.ensure_future(fetch())
             self._inflight[key] = shared
             shared.add_done_callback(lambda _: self._inflight.pop(key, None))

@@ -31,9 +31,10 @@ from typing import Any
 import aiohttp
 from slack_sdk.errors import SlackApiError, SlackRequestError
 
-from bot import channels
+from bot.core.retry_after import parse_retry_after
 from bot.deps import Deps
-from bot.explain import AUTH_ERRORS, slack_error, upload_error
+from bot.render.explain import AUTH_ERRORS, slack_error, upload_error
+from bot.services import links
 from storage import outbox
 from storage.models import OutboxMessage
 
@@ -173,7 +174,7 @@ async def _deliver(deps: Deps, row: OutboxMessage) -> str:
 async def _failed_attempt(deps: Deps, row: OutboxMessage, exc: SlackApiError) -> str:
     error = slack_error(exc)
     status = exc.response.status_code if exc.response is not None else 0
-    await channels.slack_refused(
+    await links.slack_refused(
         deps, team_id=row.team_id, channel_id=row.channel_id, error=error, method="outbox post"
     )
     if error in AUTH_ERRORS:
@@ -190,9 +191,8 @@ async def _failed_attempt(deps: Deps, row: OutboxMessage, exc: SlackApiError) ->
         await deps.db.run(outbox.mark_failed, id=row.id, owner=deps.worker, error=f"slack: {error}")
         return "failed"
     retry_after = exc.response.headers.get("Retry-After") if exc.response is not None else None
-    try:
-        delay = float(retry_after) if retry_after else backoff(row.attempts)
-    except ValueError:
+    delay = parse_retry_after(retry_after)
+    if delay is None:
         delay = backoff(row.attempts)
     if error not in AUTH_ERRORS:
         log.warning(

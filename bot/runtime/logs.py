@@ -3,108 +3,31 @@
 Every line goes through ``Redacting``, which replaces each known secret (the
 configured ones, every credential decrypted at run time) and anything shaped
 like a credential (Slack tokens, bearer tokens, Atlas service account secrets,
-Fernet tokens) with ``[REDACTED]`` in the final text, exception text included.
-Logging is process-wide by nature, so the registry of secrets is too:
-``register_secret`` is called where a secret comes into being, without threading
-an object through every layer.
+Fernet tokens) with ``[REDACTED]`` in the final text, exception text included
+(the registry and the shapes are ``bot.core.redaction``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import sys
-import threading
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
-from urllib.parse import quote, quote_plus
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
-from bot.config import SECRET_VARIABLES
+from bot.core.config import SECRET_VARIABLES
+from bot.core.redaction import REDACTOR, Redactor
 
 if TYPE_CHECKING:
-    from bot.config import Settings
+    from bot.core.config import Settings
 
-REDACTED = "[REDACTED]"
-# Shorter values are not credentials worth the name, and redacting them would blank out
-# ordinary words and numbers all over the logs.
-MIN_SECRET_LENGTH = 6
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
-# Credentials recognised by their shape, registered or not. ``keep`` is the part kept.
-_SHAPES = (
-    r"(?P<keep>\b(?i:bearer)\s+)[A-Za-z0-9\-._~+/]+=*",  # RFC 6750 b64token
-    r"(?P<keep_basic>\b(?i:basic)\s+)[A-Za-z0-9+/]{12,}={0,2}",  # user:password in base64
-    r"xox[abposr]-[A-Za-z0-9-]+",  # Slack bot, user, … tokens
-    r"xapp-[A-Za-z0-9-]+",  # Slack app-level (Socket Mode) tokens
-    r"mdb_sa_sk_[A-Za-z0-9_-]+",  # Atlas service account secrets
-    # Fernet tokens: version byte 0x80, then a timestamp; the padding maybe percent-encoded.
-    r"gAAAAA[A-Za-z0-9_-]{20,}(?:=|%3[dD]){0,2}",
-)
 # Third-party loggers that say something on every request or tick: only shown at DEBUG.
 CHATTY_LOGGERS = ("httpx", "httpcore", "apscheduler")
 # uvicorn adds an ANSI-coloured copy of some messages; JSON lines do not need it.
 _SKIPPED_EXTRAS = ("color_message",)
-
-
-class Redactor:
-    """Known secrets plus credential shapes, as one compiled pattern.
-
-    The pattern is rebuilt only when a new secret is registered, so redacting a
-    line is one ``re.sub`` whatever the number of secrets. A secret is also
-    matched as it looks escaped in a JSON string and percent-encoded in a URL
-    (uvicorn's access log quotes the path).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._secrets: set[str] = set()
-        self._pattern = self._compile()
-
-    def register(self, secret: str | None) -> None:
-        """Redact ``secret`` from now on (values under ``MIN_SECRET_LENGTH`` are ignored)."""
-        if not secret or len(secret) < MIN_SECRET_LENGTH:
-            return
-        # As written, escaped in a JSON string, percent-encoded in a URL path or query.
-        forms = {
-            secret,
-            json.dumps(secret)[1:-1],
-            quote(secret),
-            quote(secret, safe=""),
-            quote_plus(secret),
-        }
-        with self._lock:
-            if forms <= self._secrets:
-                return
-            self._secrets |= forms
-            self._pattern = self._compile()
-
-    def register_all(self, secrets: Iterable[str | None]) -> None:
-        for secret in secrets:
-            self.register(secret)
-
-    def redact(self, text: str) -> str:
-        return self._pattern.sub(_replace, text)
-
-    def _compile(self) -> re.Pattern[str]:
-        # Longest first: a secret that contains another is replaced whole.
-        known = sorted(self._secrets, key=len, reverse=True)
-        return re.compile("|".join([*(re.escape(s) for s in known), *_SHAPES]))
-
-
-def _replace(match: re.Match[str]) -> str:
-    return (match["keep"] or match["keep_basic"] or "") + REDACTED
-
-
-_redactor = Redactor()
-
-
-def register_secret(secret: str | None) -> None:
-    """Keep ``secret`` out of every log line from now on (a decrypted credential, say)."""
-    _redactor.register(secret)
 
 
 class Redacting(logging.Formatter):
@@ -113,7 +36,7 @@ class Redacting(logging.Formatter):
     def __init__(self, inner: logging.Formatter, redactor: Redactor | None = None) -> None:
         super().__init__()
         self.inner = inner
-        self.redactor = redactor or _redactor
+        self.redactor = redactor or REDACTOR
 
     def format(self, record: logging.LogRecord) -> str:
         return self.redactor.redact(self.inner.format(record))
@@ -159,7 +82,7 @@ class JsonLineFormatter(JsonFormatter):
             rename_fields={"levelname": "level", "name": "logger"},
             reserved_attrs=[*RESERVED_ATTRS, *_SKIPPED_EXTRAS],
         )
-        self.redactor = redactor or _redactor
+        self.redactor = redactor or REDACTOR
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
         return {key: self._redacted(value) for key, value in log_data.items()}
@@ -221,7 +144,7 @@ def configure(
     """
     global _installed
     if settings is not None:
-        _redactor.register_all(getattr(settings, name) for name in SECRET_VARIABLES)
+        REDACTOR.register_all(getattr(settings, name) for name in SECRET_VARIABLES)
     fmt, level = format_and_level(settings, serving=serving)
     inner: logging.Formatter = (
         JsonLineFormatter() if fmt == "json" else TextFormatter(tracebacks=level == "DEBUG")

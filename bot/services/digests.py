@@ -22,12 +22,12 @@ from datetime import date, datetime
 from sqlmodel import Session
 
 from bot.atlas import AtlasError, CostQuery, CostResult
+from bot.core.months import add_months
+from bot.core.schedule import next_run, reported_month
 from bot.deps import Deps
-from bot.months import add_months
 from bot.render.blocks import escape
 from bot.render.chart import digest_chart_png
 from bot.render.digest import digest_message, summarise_digest
-from bot.schedule import next_run, reported_month
 from storage import cost_queries, outbox, schedules
 from storage.errors import AlreadyExists
 from storage.models import ChannelLink, DigestSchedule

@@ -15,8 +15,9 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from bot import alerts, costs, digests, outbox
 from bot.deps import Deps
+from bot.services import alerts, costs, digests
+from bot.slack import outbox
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 import handlers
 from bot.atlas import AtlasClient
-from bot.config import Settings
-from bot.credentials import atlas_client
+from bot.core.config import Settings
 from bot.deps import Deps, slack_client
-from bot.explain import UNEXPECTED
-from bot.metrics import Metrics
+from bot.render.explain import UNEXPECTED
+from bot.runtime.metrics import Metrics
+from bot.services.credentials import atlas_client
 from storage import Database
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def build_app(deps: Deps) -> AsyncApp:
 
     Listeners run inline (``process_before_response=True``): each acknowledges
     Slack, hands its slow work to ``deps.background`` and returns, so the
-    acknowledgement is sent at once (see ``bot.background``).
+    acknowledgement is sent at once (see ``bot.runtime.background``).
     """
     app = AsyncApp(
         client=deps.slack,

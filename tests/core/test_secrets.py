@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from bot.config import Settings
-from bot.secrets import (
+from bot.core.config import Settings
+from bot.core.secrets import (
     KEY_FILE_NAME,
     SecretBox,
     SecretError,
     key_fingerprint,
     load_key,
     load_or_create_key,
-    rotate,
 )
+from bot.services.credentials import rotate
 from storage import credentials
 from storage.db import Database
 from storage.models import OrgCredential
@@ -89,7 +89,7 @@ def test_a_key_is_generated_next_to_the_sqlite_file_once_with_one_warning(
     settings = _settings(f"sqlite:///{tmp_path / 'data' / 'bot.db'}")
     path = tmp_path / "data" / KEY_FILE_NAME
     assert load_key(settings) is None
-    with caplog.at_level(logging.INFO, logger="bot.secrets"):
+    with caplog.at_level(logging.INFO, logger="bot.core.secrets"):
         key = load_or_create_key(settings)
         again = load_or_create_key(settings)
     assert again == key and SecretBox(key).key_id

@@ -16,7 +16,7 @@ from typing import Literal
 from sqlmodel import Session
 
 from bot.deps import Deps
-from bot.explain import Refusal
+from bot.render.explain import Refusal
 from storage import audit, links
 
 log = logging.getLogger(__name__)

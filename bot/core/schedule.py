@@ -15,9 +15,10 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 
-from bot.months import add_months
+from bot.core.months import add_months
 
-DEFAULT_DAY = "1"
+# `digest on` without a day or time: the 1st of the month at 09:00 UTC.
+DEFAULT_DAY = 1
 DEFAULT_TIME = time(9, 0)
 
 

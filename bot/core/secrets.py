@@ -1,11 +1,11 @@
-"""Encryption at rest for stored Atlas credentials: the Fernet key, where it comes from, rotation.
+"""Encryption at rest for stored Atlas credentials: the Fernet key and where it comes from.
 
 ``BOT_SECRET_KEY`` is the key. When it is not set, one is generated on first
 need into ``.billing-bot-secret-key`` (mode 0600) in the data directory, next to
 the SQLite file (the working directory for PostgreSQL), and reused afterwards.
 Neither a key nor a secret is ever logged or put in an exception message; a key
 is named by its ``key_id``, a short fingerprint stored with each ciphertext. Each
-key and decrypted secret is registered with ``bot.logs`` so that, should one reach
+key and decrypted secret is registered with ``bot.runtime.logs`` so that, should one reach
 a log line anyway (inside a library's message, say), it is redacted there.
 """
 
@@ -22,12 +22,10 @@ from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from bot.logs import register_secret
-from storage import credentials
+from bot.core.redaction import register_secret
 
 if TYPE_CHECKING:
-    from bot.config import Settings
-    from storage import Database
+    from bot.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -215,53 +213,3 @@ def _publish(path: Path, key: str) -> bool:
         return False
     finally:
         tmp.unlink(missing_ok=True)
-
-
-# ---- rotation --------------------------------------------------------------------------------
-
-
-def rotate(db: Database, old_key: str, new_key: str) -> int:
-    """Re-encrypt every stored credential from ``old_key`` to ``new_key``; returns how many.
-
-    Row by row, each in its own transaction with a compare-and-set on the row's
-    ``key_id`` and ``version``: a rotation that stops midway (crash, Ctrl-C) is
-    resumed by running it again with the same keys, since rows already under the
-    new key are skipped and each row is decrypted with whichever key made it.
-    Rows changed meanwhile (a ``connect``) are picked up by another pass. A row
-    under a key that is neither stops everything before any row is changed.
-    """
-    old = SecretBox(old_key, source="the current key")
-    new = SecretBox(new_key, source="the new key")
-    boxes = {old.key_id: old, new.key_id: new}
-    done = 0
-    for _ in range(MAX_ROTATION_PASSES):
-        with db.session() as session:
-            todo = [row for row in credentials.all_credentials(session) if row.key_id != new.key_id]
-        if not todo:
-            return done
-        foreign = [row for row in todo if row.key_id not in boxes]
-        if foreign:
-            orgs = ", ".join(row.org_id for row in foreign[:3])
-            raise SecretError(
-                f"the credentials of org(s) {orgs} were encrypted with key id "
-                f"{foreign[0].key_id}, neither the current key ({old.key_id}) nor the new one "
-                f"({new.key_id}); set BOT_SECRET_KEY to the key they were stored with and run "
-                "the rotation again"
-            )
-        for row in todo:
-            plaintext = boxes[row.key_id].decrypt(row.ciphertext)
-            with db.session() as session:
-                replaced = credentials.replace_ciphertext(
-                    session,
-                    id=row.id,  # type: ignore[arg-type]
-                    old_key_id=row.key_id,
-                    new_ciphertext=new.encrypt(plaintext),
-                    new_key_id=new.key_id,
-                    version=row.version,
-                )
-            if replaced:
-                done += 1
-                log.info("re-encrypted the credentials of org %s", row.org_id)
-    raise SecretError(
-        "stored credentials kept changing during the rotation; stop the bot and run it again"
-    )

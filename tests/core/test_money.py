@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from bot.money import cents_to_dollars, dollars_to_cents, format_cents, parse_dollars
+from bot.core.money import cents_to_dollars, dollars_to_cents, format_cents, parse_dollars
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,6 @@ from datetime import date, timedelta
 
 from slack_sdk.errors import SlackApiError
 
-from bot import billing, channels, digests
 from bot.atlas import (
     AtlasAPIError,
     AtlasError,
@@ -28,13 +27,14 @@ from bot.atlas import (
     ServerError,
 )
 from bot.deps import Deps
-from bot.explain import AUTH_ERRORS, Refusal, explain, slack_error
 from bot.render.blocks import (
     Message,
     costs_failed_message,
     costs_result_message,
     costs_started_message,
 )
+from bot.render.explain import AUTH_ERRORS, Refusal, explain, slack_error
+from bot.services import digests, links, spend
 from storage import cost_queries
 from storage.models import CostQuery as StoredQuery
 from storage.models import QueryStatus, to_json
@@ -184,7 +184,7 @@ async def _poll_one(deps: Deps, row: StoredQuery) -> QueryStatus:
     if row.purpose == "digest":
         await digests.complete(deps, row, result)
         return QueryStatus.DONE
-    summary = billing.summarise_costs(result, group_by)
+    summary = spend.summarise_costs(result, group_by)
     message = costs_result_message(row.org_id, start, end, summary, row.requested_by)
     return await _finish(deps, row, message, QueryStatus.DONE)
 
@@ -245,7 +245,7 @@ async def _finish(
         # The channel is gone or the bot was removed, or Slack has not taken the outcome
         # within MAX_AGE: nobody can be told, so stop polling.
         log.warning("cost query %s: Slack refused the result: %s", row.id, refusal)
-        await channels.slack_refused(
+        await links.slack_refused(
             deps,
             team_id=row.team_id,
             channel_id=row.channel_id,

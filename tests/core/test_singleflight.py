@@ -1,5 +1,4 @@
-"""`Background` (work handed off after an acknowledgement) and `SingleFlight` (one answer shared
-by callers asking at once), on a real event loop."""
+"""`SingleFlight`: one answer shared by callers asking at once, on a real event loop."""
 
 from __future__ import annotations
 
@@ -7,39 +6,7 @@ import asyncio
 
 import pytest
 
-from bot.background import Background
-from bot.singleflight import SingleFlight
-
-
-async def test_handed_off_work_runs_after_the_caller_returned_and_a_drain_waits_for_it():
-    background, done = Background(), []
-
-    async def work() -> None:
-        await asyncio.sleep(0.05)
-        done.append("work")
-
-    await background.run(work())
-    assert done == [] and background.pending == 1  # the caller went on at once
-    await background.drain(timeout=5)
-    assert done == ["work"] and background.pending == 0
-
-
-async def test_a_drain_gives_up_after_its_timeout():
-    background = Background()
-    await background.run(asyncio.sleep(10))
-    await background.drain(timeout=0.05)
-    assert background.pending == 1  # still running: the stop goes on without it
-
-
-async def test_inline_work_is_finished_before_run_returns():
-    background, done = Background(inline=True), []
-
-    async def work() -> None:
-        await asyncio.sleep(0.01)
-        done.append("work")
-
-    await background.run(work())
-    assert done == ["work"] and background.pending == 0
+from bot.core.singleflight import SingleFlight
 
 
 async def test_callers_at_once_share_one_fetch_and_later_callers_fetch_again():
@@ -87,3 +54,23 @@ async def test_one_caller_giving_up_does_not_cancel_the_others():
     assert await patient == "answer"
     with pytest.raises(asyncio.CancelledError):
         await impatient
+
+
+async def test_a_caller_arriving_after_the_answer_asks_anew():
+    """The answer is done but its done-callback has not run yet: the next caller must not
+    be handed that older answer (``SingleFlight``'s promise: no answer older than the question)."""
+    flight, answers = SingleFlight(), []
+    release = asyncio.get_running_loop().create_future()
+
+    async def fetch() -> int:
+        answers.append(await release if not answers else "fresh")
+        return answers[-1]
+
+    first = asyncio.ensure_future(flight.run("org", fetch))
+    await asyncio.sleep(0)  # `first` has started the fetch and waits on it
+    release.set_result("old")
+    # This turn of the loop runs the fetch to its end and only schedules its callbacks, which
+    # run after this coroutine resumes: the finished answer is still in the map here.
+    await asyncio.sleep(0)
+    assert await flight.run("org", fetch) == "fresh"
+    assert await first == "old"

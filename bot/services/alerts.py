@@ -23,10 +23,10 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from sqlmodel import Session
 
-from bot import billing
 from bot.atlas import AtlasError
 from bot.deps import Deps
 from bot.render.alerts import alert_message
+from bot.services import spend
 from storage import alerts, channel_config, outbox, thresholds
 from storage.models import ChannelLink, Threshold
 
@@ -75,10 +75,10 @@ async def check_thresholds(deps: Deps) -> ThresholdReport:
     orgs = sorted({link.org_id for link, _ in rows})
     gate = asyncio.Semaphore(CONCURRENT_ORGS)
 
-    async def fetch(org_id: str) -> billing.PendingSummary | None:
+    async def fetch(org_id: str) -> spend.PendingSummary | None:
         async with gate:
             try:
-                return await billing.pending(deps.atlas_for(org_id), org_id)
+                return await spend.pending(deps.atlas_for(org_id), org_id)
             except AtlasError as exc:
                 log.warning("thresholds: cannot read org %s: %s", org_id, exc)
                 return None
@@ -101,7 +101,7 @@ def _record(
     *,
     link: ChannelLink,
     threshold: Threshold,
-    summary: billing.PendingSummary,
+    summary: spend.PendingSummary,
     now: datetime,
 ) -> bool:
     """Record the crossed levels; queue one announcement if this call crossed any. True if so."""
