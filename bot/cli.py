@@ -22,6 +22,7 @@ from bot.atlas import (
     AtlasClient,
     AtlasError,
     CostQuery,
+    CostResult,
     InvalidInput,
     NotReady,
     validate_cost_query,
@@ -221,7 +222,7 @@ def atlas_costs(
         typer.echo(costs_text(summary))
 
 
-async def _wait_for(client: AtlasClient, org_id: str, token: str):
+async def _wait_for(client: AtlasClient, org_id: str, token: str) -> CostResult:
     """Poll with growing pauses; a spinner on stderr when it is a terminal."""
     loop = asyncio.get_running_loop()
     started = loop.time()

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 from prometheus_client import Counter
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry import HttpRequest, HttpResponse, RetryState
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -96,7 +97,14 @@ MAX_INLINE_RETRY_AFTER = 5.0
 class ShortRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
     """slack_sdk's 429 retry, only for waits of at most ``MAX_INLINE_RETRY_AFTER`` seconds."""
 
-    async def _can_retry_async(self, *, state, request, response=None, error=None) -> bool:
+    async def _can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
         if response is None or response.status_code != 429:
             return False
         values = {k.lower(): v for k, v in response.headers.items()}.get("retry-after")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_sdk.errors import SlackApiError
 
 from bot.deps import Deps
@@ -19,7 +22,7 @@ log = logging.getLogger(__name__)
 SNOOZE_FOR = timedelta(hours=24)
 
 
-def _alert_id(action: dict) -> int | None:
+def _alert_id(action: dict[str, Any]) -> int | None:
     value = str(action.get("value", ""))
     return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
 
@@ -28,18 +31,29 @@ NOT_KNOWN = "This alert is not known here any more."
 
 
 def register(app: AsyncApp, deps: Deps) -> None:
-    async def click(ack, body: dict, action: dict, respond, *, snooze: bool) -> None:
+    async def click(
+        ack: AsyncAck,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        respond: AsyncRespond,
+        *,
+        snooze: bool,
+    ) -> None:
         await ack()
         await deps.background.run(guarded(body, action, respond, snooze=snooze))
 
-    async def guarded(body: dict, action: dict, respond, *, snooze: bool) -> None:
+    async def guarded(
+        body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond, *, snooze: bool
+    ) -> None:
         try:
             await record(body, action, respond, snooze=snooze)
         except Exception:
             log.exception("unexpected error handling an alert button")
             await respond(text=UNEXPECTED, response_type="ephemeral", replace_original=False)
 
-    async def record(body: dict, action: dict, respond, *, snooze: bool) -> None:
+    async def record(
+        body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond, *, snooze: bool
+    ) -> None:
         """Store the click, then show it in the alert (after Slack has its acknowledgement)."""
         alert_id = _alert_id(action)
         user_id = (body.get("user") or {}).get("id", "")
@@ -49,6 +63,7 @@ def register(app: AsyncApp, deps: Deps) -> None:
         if alert is None or alert.channel_id != channel_id or not message.get("ts"):
             await respond(text=NOT_KNOWN, response_type="ephemeral", replace_original=False)
             return
+        assert alert.id is not None  # read from the database
         now = deps.clock()
         blocks = message.get("blocks") or []
         if snooze:
@@ -78,10 +93,14 @@ def register(app: AsyncApp, deps: Deps) -> None:
             )
             await respond(text=explain(exc), response_type="ephemeral", replace_original=False)
 
-    async def on_acknowledge(ack, body, action, respond) -> None:
+    async def on_acknowledge(
+        ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond
+    ) -> None:
         await click(ack, body, action, respond, snooze=False)
 
-    async def on_snooze(ack, body, action, respond) -> None:
+    async def on_snooze(
+        ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond
+    ) -> None:
         await click(ack, body, action, respond, snooze=True)
 
     app.action(ACK_ACTION)(on_acknowledge)

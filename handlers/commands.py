@@ -17,6 +17,8 @@ from typing import Any
 
 import aiohttp
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_sdk.errors import SlackApiError
 
 from bot.atlas import AtlasError
@@ -75,7 +77,7 @@ WORK_AT_ONCE = 4
 def register(app: AsyncApp, deps: Deps) -> None:
     work = asyncio.Semaphore(WORK_AT_ONCE)
 
-    async def on_command(ack, command, respond) -> None:
+    async def on_command(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond) -> None:
         try:
             parsed = grammar.parse(command.get("text") or "", today=deps.today())
         except grammar.UsageError as exc:

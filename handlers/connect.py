@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.errors import SlackApiError
 from sqlmodel import Session
 
@@ -304,10 +305,10 @@ def _store(
 
 
 def register(app: AsyncApp, deps: Deps) -> None:
-    async def refuse(ack, block: str, text: str) -> None:
+    async def refuse(ack: AsyncAck, block: str, text: str) -> None:
         await ack(response_action="errors", errors={block: text})
 
-    async def on_submit(ack, body: dict, view: dict) -> None:
+    async def on_submit(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
         user_id = str((body.get("user") or {}).get("id") or "")
         team_id = str((body.get("team") or {}).get("id") or "")
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, time
 from enum import StrEnum
@@ -325,7 +326,9 @@ def _help(args: list[str], today: date | None) -> Help:
     return Help(topic)
 
 
-def _org_only(kind: type[Link] | type[Connect] | type[Unlink]):
+def _org_only(
+    kind: type[Link] | type[Connect] | type[Unlink],
+) -> Callable[[list[str], date | None], Link | Connect | Unlink]:
     name = kind.__name__.lower()
 
     def parse_it(args: list[str], today: date | None) -> Link | Connect | Unlink:
@@ -509,7 +512,7 @@ def _digest(args: list[str], today: date | None) -> Digest:
     )
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[list[str], date | None], Command]] = {
     "help": _help,
     "link": _org_only(Link),
     "connect": _org_only(Connect),

@@ -62,6 +62,7 @@ async def status(invocation: Invocation, command: Status) -> None:
         return
     lines = ["*This channel follows these Atlas orgs:*"]
     for row in state.links:
+        assert row.id is not None  # links read from the database have their id
         threshold = state.thresholds.get(row.id)
         schedule = state.schedules.get(row.id)
         limit = format_cents(threshold.amount_cents) if threshold else "none"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from bot.core.money import format_cents
 from bot.render.blocks import notice
 from bot.services import digests, settings
@@ -9,7 +11,7 @@ from handlers.grammar import Digest, OnCall, Threshold
 from handlers.invocation import Invocation
 
 
-def _when(moment) -> str:
+def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
@@ -81,5 +83,7 @@ async def digest(invocation: Invocation, command: Digest) -> None:
         await invocation.post(notice(f"<@{invocation.user_id}> switched off the monthly digest."))
         return
     lines = [f"<@{invocation.user_id}> scheduled the monthly Atlas digest:"]
-    lines += [f"• org `{org}`: first run {_when(first)}" for org, first in runs]
+    for org, first in runs:
+        assert first is not None  # `digest on` always has a day and a time: each org has a run
+        lines.append(f"• org `{org}`: first run {_when(first)}")
     await invocation.post(notice("\n".join(lines)))

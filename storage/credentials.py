@@ -67,6 +67,7 @@ def set_credential(
     }
     statement = insert(session, OrgCredential).values(values)
     replaced = {name: statement.excluded[name] for name in values if name != "org_id"}
+    # SQLModel's types do not declare the __table__ that every table model has.
     replaced["version"] = OrgCredential.__table__.c.version + 1  # type: ignore[attr-defined]
     credential_id = session.exec(
         statement.on_conflict_do_update(index_elements=["org_id"], set_=replaced).returning(

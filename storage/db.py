@@ -21,8 +21,10 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Dialect, ExceptionContext, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session
 
 from storage.errors import StorageConfigError, StorageError, StorageUnavailable
@@ -100,7 +102,12 @@ def make_engine(url: str | URL) -> Engine:
         raise StorageConfigError(f"invalid database URL {safe!r}: {_first_line(exc)}") from None
 
     @event.listens_for(engine, "do_connect")
-    def _connect(dialect, conn_rec, cargs, cparams):  # type: ignore[no-untyped-def]
+    def _connect(
+        dialect: Dialect,
+        conn_rec: ConnectionPoolEntry,
+        cargs: tuple[Any, ...],
+        cparams: dict[str, Any],
+    ) -> DBAPIConnection:
         # Turn "cannot connect" into one readable line; SQLAlchemy would otherwise raise
         # a driver error with a multi-line message and a link to its FAQ.
         try:
@@ -111,7 +118,7 @@ def make_engine(url: str | URL) -> Engine:
             ) from exc
 
     @event.listens_for(engine, "handle_error")
-    def _disconnected(context):  # type: ignore[no-untyped-def]
+    def _disconnected(context: ExceptionContext) -> StorageUnavailable | None:
         # The connection dropped mid-session (server restart, failover): the pool
         # discards it as usual; the caller sees one line instead of a driver error.
         # Pre-ping failures are left alone: SQLAlchemy reconnects by itself then.
@@ -149,7 +156,9 @@ def _sqlite_engine(url: URL) -> Engine:
     )
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, connection_record):  # type: ignore[no-untyped-def]
+    def _on_connect(
+        dbapi_connection: sqlite3.Connection, connection_record: ConnectionPoolEntry
+    ) -> None:
         # Take transaction control away from the sqlite3 module (it would skip BEGIN
         # before SELECT and SAVEPOINT); SQLAlchemy's "begin" event below emits it.
         dbapi_connection.isolation_level = None
@@ -275,7 +284,7 @@ def upgrade(url_or_engine: str | URL | Engine) -> None:
     database cannot be reached.
     """
     owned = not isinstance(url_or_engine, Engine)
-    engine = make_engine(url_or_engine) if owned else url_or_engine
+    engine = url_or_engine if isinstance(url_or_engine, Engine) else make_engine(url_or_engine)
     try:
         with engine.connect() as conn:
             if conn.dialect.name == "postgresql":

@@ -101,7 +101,7 @@ def to_json(value: Any) -> str:
 class ChannelLink(SQLModel, table=True):
     """A Slack channel linked to an Atlas organization; a channel may link several orgs."""
 
-    __tablename__ = "channel_link"  # type: ignore[assignment]
+    __tablename__ = "channel_link"
     __table_args__ = (UniqueConstraint("team_id", "channel_id", "org_id"),)
 
     id: int | None = Field(default=None, primary_key=True, sa_column_args=[Identity()])
@@ -148,7 +148,7 @@ class CostQuery(SQLModel, table=True):
     NULL.
     """
 
-    __tablename__ = "cost_query"  # type: ignore[assignment]
+    __tablename__ = "cost_query"
     __table_args__ = (
         CheckConstraint(
             "status IN ('pending', 'done', 'failed', 'expired')",
@@ -189,7 +189,8 @@ class CostQuery(SQLModel, table=True):
 
     def request_body(self) -> dict[str, Any]:
         """The Cost Explorer request body this query was started with."""
-        return json.loads(self.params)
+        body: dict[str, Any] = json.loads(self.params)
+        return body
 
 
 # --- audit log -------------------------------------------------------------------------------
@@ -198,7 +199,7 @@ class CostQuery(SQLModel, table=True):
 class AuditEntry(SQLModel, table=True):
     """Who changed what from Slack (`link`, `unlink`, ...), with the details as JSON."""
 
-    __tablename__ = "audit_entry"  # type: ignore[assignment]
+    __tablename__ = "audit_entry"
     __table_args__ = (Index(None, "team_id", "channel_id", "at"),)
 
     id: int | None = Field(default=None, primary_key=True, sa_column_args=[Identity()])
@@ -211,7 +212,8 @@ class AuditEntry(SQLModel, table=True):
 
     def details(self) -> dict[str, Any]:
         """The entry's details, decoded."""
-        return json.loads(self.detail)
+        details: dict[str, Any] = json.loads(self.detail)
+        return details
 
 
 # --- channel settings ------------------------------------------------------------------------
@@ -230,7 +232,7 @@ ONCALL_ID_LENGTH = 32
 class ChannelConfig(SQLModel, table=True):
     """Per-channel settings: for now, the on-call target alerts mention (NULL: nobody)."""
 
-    __tablename__ = "channel_config"  # type: ignore[assignment]
+    __tablename__ = "channel_config"
     __table_args__ = (
         UniqueConstraint("team_id", "channel_id"),
         CheckConstraint("oncall_kind IN ('user', 'usergroup')", name="oncall_kind"),
@@ -253,7 +255,7 @@ class ChannelConfig(SQLModel, table=True):
 class Threshold(SQLModel, table=True):
     """A link's monthly spend threshold in cents; alerts fire at 50, 80 and 100 % of it."""
 
-    __tablename__ = "threshold"  # type: ignore[assignment]
+    __tablename__ = "threshold"
     __table_args__ = (CheckConstraint("amount_cents > 0", name="amount_cents_positive"),)
 
     id: int | None = Field(default=None, primary_key=True, sa_column_args=[Identity()])
@@ -280,7 +282,7 @@ class Alert(SQLModel, table=True):
     `outbox_key`). Acknowledge and snooze clicks are stored on the row.
     """
 
-    __tablename__ = "alert"  # type: ignore[assignment]
+    __tablename__ = "alert"
     __table_args__ = (
         UniqueConstraint("link_id", "period", "level"),
         CheckConstraint("level IN ('50', '80', '100', 'forecast')", name="level"),
@@ -315,7 +317,7 @@ class DigestSchedule(SQLModel, table=True):
     due run by moving it forward with `storage.schedules.advance`.
     """
 
-    __tablename__ = "digest_schedule"  # type: ignore[assignment]
+    __tablename__ = "digest_schedule"
     __table_args__ = (
         CheckConstraint(
             "day IN (" + ", ".join(f"'{day}'" for day in DIGEST_DAYS) + ")",
@@ -359,7 +361,7 @@ class OutboxMessage(SQLModel, table=True):
     an earlier attempt may already have posted.
     """
 
-    __tablename__ = "outbox"  # type: ignore[assignment]
+    __tablename__ = "outbox"
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status"),
         # The sender's query: pending rows by due time.
@@ -386,7 +388,8 @@ class OutboxMessage(SQLModel, table=True):
 
     def message(self) -> dict[str, Any]:
         """The payload, decoded: `text`, `blocks`, `metadata` as given to `enqueue`."""
-        return json.loads(self.payload)
+        message: dict[str, Any] = json.loads(self.payload)
+        return message
 
 
 # --- per-org Atlas credentials ---------------------------------------------------------------
@@ -414,7 +417,7 @@ class OrgCredential(SQLModel, table=True):
     which keeps the secret), so a cached Atlas client knows when it is stale.
     """
 
-    __tablename__ = "org_credential"  # type: ignore[assignment]
+    __tablename__ = "org_credential"
     __table_args__ = (
         CheckConstraint("kind IN ('service_account', 'api_key')", name="kind"),
         CheckConstraint("version > 0", name="version_positive"),

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from bot.sandbox import SandboxServer
 from storage.db import Database, make_engine, upgrade
 from tests.fakes import clock
+from tests.fakes.slack import fake_slack  # noqa: F401  (the one fake Slack fixture, for every test)
 
 
 def pytest_report_header() -> str:

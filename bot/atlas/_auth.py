@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -72,7 +72,9 @@ class ServiceAccountAuth(httpx.Auth):
         if self._requests is not None:
             self._requests.labels(operation=operation, status=status).inc()
 
-    def sync_auth_flow(self, request: httpx.Request):  # pragma: no cover - async only
+    def sync_auth_flow(  # pragma: no cover - async only
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
         raise RuntimeError("ServiceAccountAuth works with httpx.AsyncClient only")
 
     async def async_auth_flow(
@@ -92,8 +94,12 @@ class ServiceAccountAuth(httpx.Auth):
             self._lock = asyncio.Lock()
         async with self._lock:
             token = self._token
-            fresh = token is not None and token is not stale
-            if fresh and self._clock() < token.expires_at - self._refresh_margin:
+            # Fresh: a token we have that is not the one the caller found stale.
+            if (
+                token is not None
+                and token is not stale
+                and self._clock() < token.expires_at - self._refresh_margin
+            ):
                 return token
             self._token = await self._fetch()
             return self._token

@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import date
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from bot.atlas import _ids
 from bot.atlas._auth import ServiceAccountAuth, api_key_auth
@@ -144,7 +144,7 @@ class AtlasClient:
         of the cost of a large invoice when only its month-to-date total matters."""
         return _parse_list(InvoiceMetadata, await self._pending_items(org_id), "pending invoices")
 
-    async def _pending_items(self, org_id: str) -> list:
+    async def _pending_items(self, org_id: str) -> object:
         org_id = _ids.org_id(org_id)
         payload = await self._json(
             Operation.LIST_PENDING, "GET", f"/orgs/{org_id}/invoices/pending", org_id
@@ -236,7 +236,7 @@ class AtlasClient:
         finally:
             await response.aclose()
 
-    async def download_invoice_csv(self, org_id: str, invoice_id: str, sink) -> int:
+    async def download_invoice_csv(self, org_id: str, invoice_id: str, sink: BinaryIO) -> int:
         """Write the CSV to a binary file-like ``sink``; returns the byte count."""
         written = 0
         async with self.invoice_csv(org_id, invoice_id) as chunks:
@@ -526,7 +526,10 @@ def _malformed(
     )
 
 
-def _parse(model, payload: Any, what: str):
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _parse(model: type[_Model], payload: Any, what: str) -> _Model:
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
@@ -535,7 +538,7 @@ def _parse(model, payload: Any, what: str):
         raise _malformed(what, f"{where}: {first['msg']}") from None
 
 
-def _parse_list(model, items: Any, what: str) -> list:
+def _parse_list(model: type[_Model], items: object, what: str) -> list[_Model]:
     if not isinstance(items, list):
         raise _malformed(what, "expected a list")
     return [_parse(model, item, what) for item in items]

@@ -9,6 +9,7 @@ Explorer ``usageAmount`` are ``Decimal`` (the client parses JSON numbers as
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -117,7 +118,7 @@ class Invoice(InvoiceMetadata):
 
     def cents_by(self, key: str) -> dict[str, int]:
         """Line-item cents grouped by ``project``, ``sku`` or ``cluster``."""
-        getter = {
+        getter: Callable[[LineItem], str] = {
             "project": lambda i: i.project,
             "sku": lambda i: i.sku or "(no SKU)",
             "cluster": lambda i: i.cluster_name or "(no cluster)",

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated
+from collections.abc import Iterable, Iterator
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -23,7 +24,7 @@ class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names the variable."""
 
 
-def _http_url(value: str, name: str) -> str:
+def _http_url(value: str, name: str | None) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"must be an http(s) URL such as https://example.com, got {value!r}")
@@ -41,7 +42,7 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    def __repr_args__(self):
+    def __repr_args__(self) -> Iterator[tuple[str | None, object]]:
         # repr(settings), and so repr(deps), a debugger or a crash reporter capturing locals,
         # shows which secrets are set, never their values.
         for name, value in super().__repr_args__():
@@ -69,7 +70,7 @@ class Settings(BaseSettings):
 
     @field_validator("MONGODB_ATLAS_BASE_URL", "SLACK_API_URL")
     @classmethod
-    def _url(cls, value: str, info) -> str:
+    def _url(cls, value: str, info: ValidationInfo) -> str:
         return _http_url(value.strip(), info.field_name)
 
     @field_validator("SLACK_API_URL")
@@ -130,7 +131,7 @@ class Settings(BaseSettings):
 
     @field_validator("BOT_ADMINS", mode="before")
     @classmethod
-    def _admins(cls, value: object) -> tuple[str, ...]:
+    def _admins(cls, value: str | Iterable[str] | None) -> tuple[str, ...]:
         if isinstance(value, str):
             ids = tuple(part.strip() for part in value.split(",") if part.strip())
         else:
@@ -198,7 +199,7 @@ SECRET_VARIABLES = frozenset(
 )
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read the environment (and ``.env``); raise ``ConfigError`` naming the first bad variable."""
     try:
         return Settings(**overrides)

@@ -39,7 +39,7 @@ def trigger(day: str, hour: int, minute: int, tz: str = "UTC") -> BaseTrigger:
 
 def next_run(day: str, hour: int, minute: int, *, after: datetime, tz: str = "UTC") -> datetime:
     """The first occurrence strictly after ``after`` (a schedule never fires the moment it is set)."""
-    fire = trigger(day, hour, minute, tz).get_next_fire_time(
+    fire: datetime | None = trigger(day, hour, minute, tz).get_next_fire_time(
         None, after + timedelta(microseconds=1)
     )
     if fire is None:  # pragma: no cover - monthly triggers always have a next time

@@ -58,7 +58,8 @@ def upload_error(exc: SlackRequestError) -> SlackApiError:
         headers={},
         status_code=int(match.group(1)) if match else 0,
     )
-    return SlackApiError(str(exc), response)
+    # slack_sdk leaves SlackApiError.__init__ unannotated.
+    return SlackApiError(str(exc), response)  # type: ignore[no-untyped-call]
 
 
 # What the user reads when the bot itself failed: the detail is in the operators' log.

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
 import handlers
@@ -63,7 +64,9 @@ def build_app(deps: Deps) -> AsyncApp:
     handlers.register(app, deps)
 
     @app.error
-    async def on_unexpected(error: Exception, body: dict, respond) -> None:
+    async def on_unexpected(
+        error: Exception, body: dict[str, Any], respond: AsyncRespond | None
+    ) -> None:
         log.exception("unexpected error handling a Slack request", exc_info=error)
         if respond is not None and body.get("response_url"):
             await respond(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
@@ -41,7 +41,7 @@ class LocalServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        lifespan: str = "off",
+        lifespan: Literal["auto", "on", "off"] = "off",
         keep_alive_seconds: int = 5,
         name: str = "local-server",
     ) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, SupportsInt, TextIO, cast
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
@@ -130,7 +130,9 @@ def quiet_probes(record: logging.LogRecord) -> bool:
         _, method, path, _, status = record.args
     except ValueError:
         return True
-    return not (method == "GET" and path in PROBE_PATHS and 200 <= int(status) < 300)
+    # uvicorn's access record carries the status code as an int; LogRecord.args says object.
+    code = cast("SupportsInt | str", status)
+    return not (method == "GET" and path in PROBE_PATHS and 200 <= int(code) < 300)
 
 
 def configure(

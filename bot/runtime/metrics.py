@@ -85,7 +85,8 @@ class Metrics:
         read from the database (None: unknown)."""
         value = float("nan") if cost_queries_pending is None else cost_queries_pending
         self.cost_queries_pending.set(value)
-        encoder, content_type = choose_encoder(accept)
+        # choose_encoder reads a missing header as "" itself; its annotation says str only.
+        encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
@@ -40,7 +41,7 @@ def build_asgi(deps: Deps, app: AsyncApp) -> Starlette:
     jobs = Jobs(deps)
 
     @asynccontextmanager
-    async def lifespan(_: Starlette):
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
         gc.freeze()  # start-up objects leave the collector's scans: shorter pauses under load
         jobs.start()
         try:
@@ -118,7 +119,8 @@ async def _socket_mode(deps: Deps, app: AsyncApp, app_token: str) -> None:
     jobs = Jobs(deps)
     jobs.start()
     try:
-        await AsyncSocketModeHandler(app, app_token).start_async()
+        # slack_bolt leaves start_async unannotated.
+        await AsyncSocketModeHandler(app, app_token).start_async()  # type: ignore[no-untyped-call]
     finally:
         await jobs.stop()
         await deps.background.drain(timeout=DRAIN_SECONDS)

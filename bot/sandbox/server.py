@@ -558,7 +558,7 @@ _ITEMS_MARKER = "\x00sandbox-line-items\x00"
 
 
 def _bool_param(params: Any, name: str, *, default: bool, envelope: bool = True) -> bool:
-    value = params.get(name)
+    value: str | None = params.get(name)
     if value is None:
         return default
     if value.lower() in ("true", "false"):
@@ -633,7 +633,7 @@ def _unauthorized(state: SandboxState, detail: str, *, challenge: str | None = N
 
 
 def _request_target(scope: Scope) -> str:
-    target = scope.get("raw_path") or scope["path"].encode()
+    target: bytes = scope.get("raw_path") or scope["path"].encode()
     if scope.get("query_string"):
         target += b"?" + scope["query_string"]
     return target.decode("latin-1")

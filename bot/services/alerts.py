@@ -128,7 +128,10 @@ def _record(
     )
     if not new:
         return False
+    # record_levels refuses a link that was never stored, and returns alerts as stored.
+    assert link.id is not None
     top = min(new, key=lambda a: PRIORITY.index(a.level))
+    assert top.id is not None
     config = channel_config.get_config(session, team_id=link.team_id, channel_id=link.channel_id)
     message = alert_message(
         alert_id=top.id,
@@ -153,5 +156,5 @@ def _record(
         not_before=snoozed or now,
         now=now,
     )
-    alerts.set_outbox_key(session, ids=[a.id for a in new], key=key)
+    alerts.set_outbox_key(session, ids=[a.id for a in new if a.id is not None], key=key)
     return True

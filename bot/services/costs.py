@@ -209,6 +209,7 @@ def _permanent(exc: AtlasError) -> bool:
 
 
 async def _reschedule(deps: Deps, row: StoredQuery) -> QueryStatus:
+    assert row.id is not None  # claimed queries come from the database
     delay = backoff(deps.settings.BOT_POLL_SECONDS, row.attempts)
     await deps.db.run(
         cost_queries.reschedule,
@@ -223,6 +224,7 @@ async def _finish(
     deps: Deps, row: StoredQuery, message: Message, status: QueryStatus, error: str | None = None
 ) -> QueryStatus:
     """Show the outcome in the channel, then record it; a Slack refusal is recorded too."""
+    assert row.id is not None  # claimed queries come from the database
     try:
         if row.message_ts:
             await deps.slack.chat_update(

@@ -70,11 +70,12 @@ def rotate(db: Database, old_key: str, new_key: str) -> int:
                 "the rotation again"
             )
         for row in todo:
+            assert row.id is not None  # read from the database
             plaintext = boxes[row.key_id].decrypt(row.ciphertext)
             with db.session() as session:
                 replaced = credentials.replace_ciphertext(
                     session,
-                    id=row.id,  # type: ignore[arg-type]
+                    id=row.id,
                     old_key_id=row.key_id,
                     new_ciphertext=new.encrypt(plaintext),
                     new_key_id=new.key_id,

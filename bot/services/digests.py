@@ -18,6 +18,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 from sqlmodel import Session
 
@@ -82,6 +83,7 @@ async def start_due(deps: Deps) -> DigestReport:
 async def _start_scheduled(
     deps: Deps, link: ChannelLink, schedule: DigestSchedule, now: datetime
 ) -> str:
+    assert link.id is not None  # due schedules come from the database with their links
     month = reported_month(schedule.next_run_at)
     following = next_run(
         schedule.day, schedule.hour, schedule.minute, after=max(now, schedule.next_run_at)
@@ -120,10 +122,13 @@ def _claim_and_store(
     requested_by: str,
     now: datetime,
 ) -> bool:
-    if schedule is not None and not schedules.advance(
-        session, schedule_id=schedule.id, seen=schedule.next_run_at, next_run_at=following
-    ):
-        return False
+    if schedule is not None:
+        # A stored schedule has its id, and its caller always says when it runs next.
+        assert schedule.id is not None and following is not None
+        if not schedules.advance(
+            session, schedule_id=schedule.id, seen=schedule.next_run_at, next_run_at=following
+        ):
+            return False
     try:
         cost_queries.add_query(
             session,
@@ -195,10 +200,11 @@ def _finish_into_outbox(
     *,
     row: StoredQuery,
     owner: str,
-    payload: dict,
+    payload: dict[str, Any],
     chart: bytes,
     now: datetime,
 ) -> bool:
+    assert row.id is not None  # the query was read from the database
     if not cost_queries.finish(session, id=row.id, owner=owner, status="done", now=now):
         return False  # another worker finished it: it queued the digest
     outbox.enqueue(
@@ -218,6 +224,7 @@ def record_failure(
     session: Session, *, row: StoredQuery, owner: str, status: str, reason: str
 ) -> bool:
     """A digest that cannot be produced is said so in its channel, once."""
+    assert row.id is not None  # the query was read from the database
     if not cost_queries.finish(session, id=row.id, owner=owner, status=status, error=reason):
         return False
     outbox.enqueue(

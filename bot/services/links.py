@@ -18,6 +18,7 @@ from sqlmodel import Session
 from bot.deps import Deps
 from bot.render.explain import Refusal
 from storage import audit, links
+from storage.models import ChannelLink
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ async def unlink(deps: Deps, *, team_id: str, channel_id: str, user_id: str, org
 
 def _audit_each(
     session: Session,
-    rows: list,
+    rows: list[ChannelLink],
     *,
     team_id: str,
     channel_id: str,
@@ -162,7 +163,9 @@ def _disable_and_audit(
     session: Session, *, team_id: str, channel_id: str, user_id: str, noticed: str
 ) -> list[str]:
     where = {"team_id": team_id, "channel_id": channel_id}
-    disabled = links.disable_channel(session, **where, reason=links.ARCHIVED)
+    disabled = links.disable_channel(
+        session, team_id=team_id, channel_id=channel_id, reason=links.ARCHIVED
+    )
     return _audit_each(
         session,
         disabled,

@@ -30,6 +30,7 @@ def _threshold(
     amount_cents: int | None,
 ) -> tuple[str, bool]:
     link = _link(session, team_id, channel_id, org_id)
+    assert link.id is not None  # links read from the database have their id
     if amount_cents is None:
         changed = thresholds.clear_threshold(session, link_id=link.id)
     else:
@@ -119,6 +120,7 @@ def _digest(
         choose_org([], None)  # refuses: nothing linked here
     result: list[tuple[str, datetime | None]] = []
     for link in rows:
+        assert link.id is not None  # links read from the database have their id
         if day is None or at is None:
             schedules.clear_schedule(session, link_id=link.id)
             result.append((link.org_id, None))
@@ -175,14 +177,18 @@ class ChannelState:
 
 def _state(session: Session, *, team_id: str, channel_id: str) -> ChannelState:
     rows = links.links_for_channel(session, team_id=team_id, channel_id=channel_id)
+    # Links read from the database always have their id: the `is not None` tests only say so.
     found_thresholds = {
-        r.id: t for r in rows if (t := thresholds.threshold_for(session, link_id=r.id)) is not None
+        r.id: t
+        for r in rows
+        if r.id is not None and (t := thresholds.threshold_for(session, link_id=r.id)) is not None
     }
     found_schedules = {
         link.id: schedule
         for link, schedule in schedules.schedules_for_channel(
             session, team_id=team_id, channel_id=channel_id
         )
+        if link.id is not None
     }
     config = channel_config.get_config(session, team_id=team_id, channel_id=channel_id)
     return ChannelState(tuple(rows), found_thresholds, found_schedules, config)

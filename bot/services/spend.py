@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import TYPE_CHECKING
 
 from bot.atlas import AtlasClient, CostResult, Invoice
+
+if TYPE_CHECKING:
+    from bot.deps import OrgAtlas
 
 
 def _top(totals: dict[str, int]) -> tuple[tuple[str, int], ...]:
@@ -109,14 +113,14 @@ class PendingSummary:
         }
 
 
-async def pending(client: AtlasClient, org_id: str) -> PendingSummary:
+async def pending(client: AtlasClient | OrgAtlas, org_id: str) -> PendingSummary:
     invoices = await client.pending_invoices(org_id)
     return PendingSummary(
         org_id=org_id, invoices=tuple(summarise_invoice(i, org_id) for i in invoices)
     )
 
 
-async def invoice(client: AtlasClient, org_id: str, invoice_id: str) -> InvoiceSummary:
+async def invoice(client: AtlasClient | OrgAtlas, org_id: str, invoice_id: str) -> InvoiceSummary:
     return summarise_invoice(await client.invoice(org_id, invoice_id), org_id)
 
 

@@ -16,9 +16,9 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlencode
 
 from slack_bolt.async_app import AsyncApp
@@ -37,6 +37,9 @@ from bot.services.credentials import atlas_client
 from bot.shell.terminal_slack import SHELL_CHANNEL, SHELL_TEAM, SHELL_USER, TerminalSlack
 from storage import Database, cost_queries, links, outbox
 
+if TYPE_CHECKING:
+    from bot.sandbox import SandboxServer
+
 PROMPT = "atlas-billing> "
 DRAIN_SECONDS = 120.0
 
@@ -51,8 +54,8 @@ class Shell:
         self._org_id = org_id
         self._echo = echo
         self._workdir = Path(tempfile.mkdtemp(prefix="billing-bot-shell-"))
-        self._sandbox = None
-        self._servers: list = []
+        self._sandbox: SandboxServer | None = None
+        self._servers: list[LocalServer] = []
         self._counter = itertools.count(1)
         self._secret = secrets.token_hex(16)
 
@@ -149,7 +152,8 @@ class Shell:
         signature = SignatureVerifier(self._secret).generate_signature(
             timestamp=timestamp, body=body
         )
-        headers = {
+        assert signature is not None  # slack_sdk returns None only without a timestamp
+        headers: dict[str, str | Sequence[str]] = {
             "content-type": "application/x-www-form-urlencoded",
             "x-slack-request-timestamp": timestamp,
             "x-slack-signature": signature,

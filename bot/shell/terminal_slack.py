@@ -74,6 +74,7 @@ class TerminalSlack:
         method = request.path_params["method"]
         params = await self._params(request)
         channel = params.get("channel") or params.get("channel_id") or SHELL_CHANNEL
+        result: dict[str, Any]
         match method:
             case "auth.test":
                 result = {

@@ -45,7 +45,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import parse_qsl, urlsplit
 
 from slack_bolt.adapter.starlette.async_handler import to_starlette_response
@@ -269,7 +269,7 @@ def _entities(part: dict[str, Any], where: str) -> None:
             _entities(inner, f"{where}.{name}")
 
 
-def _is_text(value: Any) -> bool:
+def _is_text(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and bool(value)
 
 
@@ -428,6 +428,7 @@ class SlackGuard:
         # Built from the payload checked above, as Socket Mode builds its requests, so that Bolt
         # does not parse the body again (see the docstring); then given the raw body, which its
         # signature check reads, and HTTP mode back.
+        # Bolt reads query and headers as mappings; its annotations ask for a dict.
         bolt_request = AsyncBoltRequest(
             body=payload.body,
             query=request.query_params,  # type: ignore[arg-type]

@@ -59,7 +59,8 @@ PERMANENT = frozenset(
 
 
 def backoff(attempts: int) -> float:
-    return min(5.0 * 2 ** max(attempts - 1, 0), 600.0)
+    delay: float = 5.0 * 2 ** max(attempts - 1, 0)
+    return min(delay, 600.0)
 
 
 @dataclass(frozen=True)
@@ -106,13 +107,15 @@ async def _already_posted(deps: Deps, row: OutboxMessage) -> str | None:
             include_all_metadata=True,
             cursor=cursor,
         )
-        for message in page.get("messages", []):
+        messages: list[dict[str, Any]] = page.get("messages", [])
+        for message in messages:
             meta = message.get("metadata") or {}
             if (
                 meta.get("event_type") == EVENT_TYPE
                 and meta.get("event_payload", {}).get("key") == row.key
             ):
-                return message.get("ts")
+                ts: str | None = message.get("ts")
+                return ts
         cursor = (page.get("response_metadata") or {}).get("next_cursor")
         if not page.get("has_more") or not cursor:
             return None
@@ -120,6 +123,7 @@ async def _already_posted(deps: Deps, row: OutboxMessage) -> str | None:
 
 
 async def _deliver(deps: Deps, row: OutboxMessage) -> str:
+    assert row.id is not None  # claimed rows come from the database
     payload = json.loads(row.payload)
     try:
         if row.attempts > 1 and (ts := await _already_posted(deps, row)):
@@ -172,6 +176,7 @@ async def _deliver(deps: Deps, row: OutboxMessage) -> str:
 
 
 async def _failed_attempt(deps: Deps, row: OutboxMessage, exc: SlackApiError) -> str:
+    assert row.id is not None  # claimed rows come from the database
     error = slack_error(exc)
     status = exc.response.status_code if exc.response is not None else 0
     await links.slack_refused(

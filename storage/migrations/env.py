@@ -7,7 +7,7 @@ Without one it connects to the `sqlalchemy.url` main option itself.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
@@ -22,7 +22,7 @@ config = context.config
 target_metadata = SQLModel.metadata
 
 
-def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | bool:
+def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     """Render our column types as plain SQLAlchemy types.
 
     Migrations must keep working after the models change, so revision files should

@@ -3,7 +3,7 @@ the fake Slack Web API and a migrated database (SQLite, and PostgreSQL when conf
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
@@ -24,12 +24,6 @@ SECRET = "test-signing-secret"
 TEAM = "T1"
 CHANNEL = "C_LINKED"
 OTHER_CHANNEL = "C_OTHER"
-
-
-@pytest.fixture
-def fake_slack() -> Iterator[FakeSlack]:
-    with FakeSlack() as fake:
-        yield fake
 
 
 def bot_settings(sandbox: SandboxServer, fake: FakeSlack, database_url: str, **extra) -> Settings:

@@ -756,7 +756,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_slack() -> Iterator[FakeSlack]:
-    """A started FakeSlack for one test (import it into a conftest to use it)."""
+    """A started FakeSlack for one test; ``tests/conftest.py`` offers it to every test."""
     with FakeSlack() as fake:
         yield fake
 

@@ -1,5 +1,6 @@
-"""The end-to-end fixtures of tests/app (a running bot, the fake Slack), for the hostile-input tests."""
+"""The end-to-end fixture of tests/app (a running bot), for the hostile-input tests; the fake
+Slack comes from tests/conftest.py like everywhere else."""
 
-from tests.app.conftest import bot, fake_slack
+from tests.app.conftest import bot
 
-__all__ = ["bot", "fake_slack"]
+__all__ = ["bot"]

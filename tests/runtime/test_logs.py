@@ -28,7 +28,7 @@ from bot.runtime.app import build_deps
 from storage import Database, credentials, links
 from tests.app.conftest import CHANNEL, SECRET, TEAM
 from tests.app.test_restart import _env, _free_port, _wait
-from tests.fakes.slack import FakeSlack, SlackDriver
+from tests.fakes.slack import SlackDriver
 
 log = logging.getLogger("tests.runtime.test_logs")
 
@@ -275,12 +275,6 @@ async def test_an_orgs_stored_credentials_are_redacted_once_deps_uses_them(
 
 
 # ---- the real processes -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def fake_slack() -> Iterator[FakeSlack]:
-    with FakeSlack() as fake:
-        yield fake
 
 
 def test_serve_logs_json_on_stderr_without_any_secret(sandbox, fake_slack, db, tmp_path) -> None:
