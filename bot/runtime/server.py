@@ -101,7 +101,7 @@ def serve(settings: Settings, *, port: int, host: str = "0.0.0.0") -> None:
         require(settings, "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET")
     deps = build_deps(settings)
     deps.db.upgrade()
-    deps.secret_box()  # the first start generates the key file (with a warning) if none is set
+    deps.credentials.box()  # the first start generates the key file (with a warning) if none is set
     app = build_app(deps)
     if settings.SLACK_APP_TOKEN:
         asyncio.run(_socket_mode(deps, app, settings.SLACK_APP_TOKEN))

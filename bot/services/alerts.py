@@ -78,7 +78,7 @@ async def check_thresholds(deps: Deps) -> ThresholdReport:
     async def fetch(org_id: str) -> spend.PendingSummary | None:
         async with gate:
             try:
-                return await spend.pending(deps.atlas_for(org_id), org_id)
+                return await spend.org_pending(deps, org_id)
             except AtlasError as exc:
                 log.warning("thresholds: cannot read org %s: %s", org_id, exc)
                 return None

@@ -75,7 +75,8 @@ async def start(
     posted = await deps.slack.chat_postMessage(channel=channel_id, **started.kwargs())
     message_ts = posted["ts"]
     try:
-        token = await deps.atlas_for(org_id).create_cost_query(org_id, query)
+        atlas = await deps.credentials.client(org_id)
+        token = await atlas.create_cost_query(org_id, query)
     except AtlasError as exc:
         failed = costs_failed_message(org_id, start, end, explain(exc), user_id)
         await deps.slack.chat_update(channel=channel_id, ts=message_ts, **failed.kwargs())
@@ -170,7 +171,8 @@ async def _poll_one(deps: Deps, row: StoredQuery) -> QueryStatus:
     start, end, group_by = _dates(row)
     now = deps.clock()
     try:
-        result = await deps.atlas_for(row.org_id).cost_result(row.org_id, row.token)
+        atlas = await deps.credentials.client(row.org_id)
+        result = await atlas.cost_result(row.org_id, row.token)
     except AtlasError as exc:
         if _permanent(exc):
             return await _give_up(deps, row, QueryStatus.FAILED, explain(exc))

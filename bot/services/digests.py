@@ -87,9 +87,8 @@ async def _start_scheduled(
         schedule.day, schedule.hour, schedule.minute, after=max(now, schedule.next_run_at)
     )
     try:
-        token = await deps.atlas_for(link.org_id).create_cost_query(
-            link.org_id, query_for(link, month)
-        )
+        atlas = await deps.credentials.client(link.org_id)
+        token = await atlas.create_cost_query(link.org_id, query_for(link, month))
     except AtlasError as exc:
         # The schedule stays due: the next tick tries again.
         log.warning("digest for link %s: Atlas refused the query: %s", link.id, exc)
@@ -149,7 +148,8 @@ async def start_now(deps: Deps, link: ChannelLink, user_id: str) -> date:
     """``digest now``: the digest of the last full month, started at once; returns that month."""
     now = deps.clock()
     month = reported_month(now)
-    token = await deps.atlas_for(link.org_id).create_cost_query(link.org_id, query_for(link, month))
+    atlas = await deps.credentials.client(link.org_id)
+    token = await atlas.create_cost_query(link.org_id, query_for(link, month))
     await deps.db.run(
         _claim_and_store,
         link=link,
@@ -168,7 +168,8 @@ async def complete(deps: Deps, row: StoredQuery, result: CostResult) -> bool:
     """The query of a digest is ready: render it (and its chart) into the outbox, once."""
     month = date.fromisoformat(f"{row.digest_month}-01")
     try:
-        pending = await deps.atlas_for(row.org_id).pending_totals(row.org_id)
+        atlas = await deps.credentials.client(row.org_id)
+        pending = await atlas.pending_totals(row.org_id)
         mtd = sum(invoice.subtotal_cents for invoice in pending)
     except AtlasError as exc:
         log.warning("digest %s: month-to-date unavailable: %s", row.digest_key, exc)

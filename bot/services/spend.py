@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import TYPE_CHECKING
 
 from bot.atlas import AtlasClient, CostResult, Invoice
+
+if TYPE_CHECKING:  # the CLI's `atlas` commands use this module without loading the bot
+    from bot.deps import Deps
 
 
 def _top(totals: dict[str, int]) -> tuple[tuple[str, int], ...]:
@@ -114,6 +118,12 @@ async def pending(client: AtlasClient, org_id: str) -> PendingSummary:
     return PendingSummary(
         org_id=org_id, invoices=tuple(summarise_invoice(i, org_id) for i in invoices)
     )
+
+
+async def org_pending(deps: Deps, org_id: str) -> PendingSummary:
+    """Month-to-date spend of one org, read with the client that org uses right now (its
+    own credentials when an admin connected some)."""
+    return await pending(await deps.credentials.client(org_id), org_id)
 
 
 async def invoice(client: AtlasClient, org_id: str, invoice_id: str) -> InvoiceSummary:

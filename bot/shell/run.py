@@ -27,7 +27,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot.atlas import AtlasClient
 from bot.core.config import Settings
-from bot.deps import Deps, slack_client
+from bot.deps import Deps
 from bot.render.terminal import mrkdwn_to_text
 from bot.runtime.app import build_app, build_deps
 from bot.runtime.background import Background
@@ -35,6 +35,7 @@ from bot.runtime.jobs import JOBS, Jobs
 from bot.runtime.localserver import LocalServer
 from bot.services.credentials import atlas_client
 from bot.shell.terminal_slack import SHELL_CHANNEL, SHELL_TEAM, SHELL_USER, TerminalSlack
+from bot.slack.client import slack_client
 from storage import Database, cost_queries, links, outbox
 
 PROMPT = "atlas-billing> "
