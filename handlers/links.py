@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bot.core.money import format_cents
 from bot.render.blocks import notice
+from bot.render.links import status_text
 from bot.services import links, settings
 from handlers.grammar import Link, Status, Unlink
 from handlers.invocation import Invocation
@@ -60,33 +60,4 @@ async def status(invocation: Invocation, command: Status) -> None:
             "An admin can link one with `/atlas-billing link ORG_ID`."
         )
         return
-    lines = ["*This channel follows these Atlas orgs:*"]
-    for row in state.links:
-        threshold = state.thresholds.get(row.id)
-        schedule = state.schedules.get(row.id)
-        limit = format_cents(threshold.amount_cents) if threshold else "none"
-        digest = (
-            f"day {schedule.day} at {schedule.hour:02d}:{schedule.minute:02d} UTC, next "
-            f"{schedule.next_run_at:%Y-%m-%d %H:%M} UTC"
-            if schedule
-            else "off"
-        )
-        line = (
-            f"• `{row.org_id}` (linked by <@{row.created_by}> on {row.created_at:%Y-%m-%d}): "
-            f"threshold {limit}; digest {digest}"
-        )
-        if row.disabled_at is not None:
-            line += (
-                f" — *disabled* since {row.disabled_at:%Y-%m-%d} ({row.disabled_reason}): no "
-                f"alerts or digests; `/atlas-billing link {row.org_id}` turns it back on"
-            )
-        lines.append(line)
-    config = state.config
-    if config and config.oncall_kind == "user":
-        oncall = f"<@{config.oncall_id}>"
-    elif config and config.oncall_kind == "usergroup":
-        oncall = f"<!subteam^{config.oncall_id}>"
-    else:
-        oncall = "nobody (set one with `/atlas-billing oncall @user`)"
-    lines.append(f"On-call for threshold alerts: {oncall}")
-    await invocation.ephemeral("\n".join(lines))
+    await invocation.ephemeral(status_text(state))
