@@ -21,9 +21,7 @@ from slack_sdk.errors import SlackApiError
 from bot.deps import Deps
 from bot.render.explain import EXPLAINED, UNEXPECTED, Refusal, explain, slack_error
 from bot.services.links import require_admin, slack_refused
-from handlers import connect as connect_handler
-from handlers import costs as costs_handler
-from handlers import grammar, links, settings, spend
+from handlers import costs, credentials, grammar, links, settings, spend
 from handlers.invocation import Invocation
 
 log = logging.getLogger(__name__)
@@ -39,8 +37,8 @@ HANDLERS: dict[type, Handler] = {
     grammar.Status: links.status,
     grammar.Pending: spend.pending,
     grammar.Invoice: spend.invoice,
-    grammar.Costs: costs_handler.costs,
-    grammar.Connect: connect_handler.connect,
+    grammar.Costs: costs.costs,
+    grammar.Connect: credentials.connect,
     grammar.Threshold: settings.threshold,
     grammar.OnCall: settings.oncall,
     grammar.Digest: settings.digest,

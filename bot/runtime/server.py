@@ -27,7 +27,7 @@ from bot.deps import Deps
 from bot.runtime.app import build_app, build_deps
 from bot.runtime.jobs import Jobs
 from bot.slack.guard import SlackGuard
-from storage import StorageError, cost_queries
+from storage import StorageError, costs
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def build_asgi(deps: Deps, app: AsyncApp) -> Starlette:
     async def metrics(request: Request) -> Response:
         # Unsigned, like /healthz: it holds counts and fixed label values, no secret or user text.
         try:
-            pending: int | None = await deps.db.run(cost_queries.pending_count)
+            pending: int | None = await deps.db.run(costs.pending_count)
         except StorageError as exc:
             log.warning("metrics: pending Cost Explorer queries unknown: %s", exc)
             pending = None

@@ -17,6 +17,7 @@ from datetime import date, timedelta
 
 from slack_sdk.errors import SlackApiError
 
+import storage.costs
 from bot.atlas import (
     AtlasAPIError,
     AtlasError,
@@ -35,7 +36,6 @@ from bot.render.blocks import (
 )
 from bot.render.explain import AUTH_ERRORS, Refusal, explain, slack_error
 from bot.services import digests, links, spend
-from storage import cost_queries
 from storage.models import CostQuery as StoredQuery
 from storage.models import QueryStatus, to_json
 
@@ -83,7 +83,7 @@ async def start(
         raise
     now = deps.clock()
     return await deps.db.run(
-        cost_queries.add_query,
+        storage.costs.add_query,
         token=token,
         org_id=org_id,
         team_id=team_id,
@@ -106,7 +106,7 @@ async def _check_quota(
     per person and per channel keeps one member from crowding them out.
     """
     running = await deps.db.run(
-        cost_queries.open_chat_queries, team_id=team_id, channel_id=channel_id
+        storage.costs.open_chat_queries, team_id=team_id, channel_id=channel_id
     )
     body = to_json(query.body())
     for row in running:
@@ -142,7 +142,7 @@ async def poll_due(deps: Deps) -> PollReport:
     # replica killed mid-poll delays the query by seconds, not minutes.
     lease = max(30.0, deps.settings.BOT_POLL_SECONDS * 4)
     rows = await deps.db.run(
-        cost_queries.claim_due,
+        storage.costs.claim_due,
         now=deps.clock(),
         owner=deps.worker,
         lease_seconds=lease,
@@ -213,7 +213,7 @@ def _permanent(exc: AtlasError) -> bool:
 async def _reschedule(deps: Deps, row: StoredQuery) -> QueryStatus:
     delay = backoff(deps.settings.BOT_POLL_SECONDS, row.attempts)
     await deps.db.run(
-        cost_queries.reschedule,
+        storage.costs.reschedule,
         id=row.id,
         owner=deps.worker,
         next_poll_at=deps.clock() + timedelta(seconds=delay),
@@ -232,7 +232,7 @@ async def _finish(
             )
         else:
             posted = await deps.slack.chat_postMessage(channel=row.channel_id, **message.kwargs())
-            await deps.db.run(cost_queries.set_message, id=row.id, message_ts=posted["ts"])
+            await deps.db.run(storage.costs.set_message, id=row.id, message_ts=posted["ts"])
     except SlackApiError as exc:
         refusal = slack_error(exc)
         unavailable = exc.response.status_code == 429 or exc.response.status_code >= 500
@@ -256,5 +256,7 @@ async def _finish(
         )
         status = QueryStatus.EXPIRED if waits else QueryStatus.FAILED
         error = f"slack: {refusal}"
-    await deps.db.run(cost_queries.finish, id=row.id, owner=deps.worker, status=status, error=error)
+    await deps.db.run(
+        storage.costs.finish, id=row.id, owner=deps.worker, status=status, error=error
+    )
     return status

@@ -21,14 +21,15 @@ from datetime import date, datetime
 
 from sqlmodel import Session
 
+import storage.digests
 from bot.atlas import AtlasError, CostQuery, CostResult
 from bot.core.months import add_months
 from bot.core.schedule import next_run, reported_month
 from bot.deps import Deps
 from bot.render.blocks import escape
 from bot.render.chart import digest_chart_png
-from bot.render.digest import digest_message, summarise_digest
-from storage import cost_queries, outbox, schedules
+from bot.render.digests import digest_message, summarise_digest
+from storage import costs, outbox
 from storage.errors import AlreadyExists
 from storage.models import ChannelLink, DigestSchedule
 from storage.models import CostQuery as StoredQuery
@@ -63,7 +64,7 @@ class DigestReport:
 async def start_due(deps: Deps) -> DigestReport:
     """The *digests* job."""
     now = deps.clock()
-    due = await deps.db.run(schedules.due_schedules, now=now, limit=500)
+    due = await deps.db.run(storage.digests.due_schedules, now=now, limit=500)
     gate = asyncio.Semaphore(CONCURRENT)
 
     async def one(link: ChannelLink, schedule: DigestSchedule) -> str:
@@ -119,12 +120,12 @@ def _claim_and_store(
     requested_by: str,
     now: datetime,
 ) -> bool:
-    if schedule is not None and not schedules.advance(
+    if schedule is not None and not storage.digests.advance(
         session, schedule_id=schedule.id, seen=schedule.next_run_at, next_run_at=following
     ):
         return False
     try:
-        cost_queries.add_query(
+        costs.add_query(
             session,
             token=token,
             org_id=link.org_id,
@@ -200,7 +201,7 @@ def _finish_into_outbox(
     chart: bytes,
     now: datetime,
 ) -> bool:
-    if not cost_queries.finish(session, id=row.id, owner=owner, status="done", now=now):
+    if not costs.finish(session, id=row.id, owner=owner, status="done", now=now):
         return False  # another worker finished it: it queued the digest
     outbox.enqueue(
         session,
@@ -219,7 +220,7 @@ def record_failure(
     session: Session, *, row: StoredQuery, owner: str, status: str, reason: str
 ) -> bool:
     """A digest that cannot be produced is said so in its channel, once."""
-    if not cost_queries.finish(session, id=row.id, owner=owner, status=status, error=reason):
+    if not costs.finish(session, id=row.id, owner=owner, status=status, error=reason):
         return False
     outbox.enqueue(
         session,

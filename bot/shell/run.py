@@ -36,7 +36,7 @@ from bot.runtime.localserver import LocalServer
 from bot.services.credentials import atlas_client
 from bot.shell.terminal_slack import SHELL_CHANNEL, SHELL_TEAM, SHELL_USER, TerminalSlack
 from bot.slack.client import slack_client
-from storage import Database, cost_queries, links, outbox
+from storage import Database, costs, links, outbox
 
 PROMPT = "atlas-billing> "
 DRAIN_SECONDS = 120.0
@@ -196,7 +196,7 @@ async def _read_line(stream: TextIO, prompt: str | None) -> str:
 async def _drain(deps: Deps, echo: Callable[[str], None]) -> None:
     """At the end of scripted input, wait (bounded) for pending queries and queued posts."""
     deadline = time.monotonic() + DRAIN_SECONDS
-    while await deps.db.run(cost_queries.pending_count) or await deps.db.run(outbox.pending_count):
+    while await deps.db.run(costs.pending_count) or await deps.db.run(outbox.pending_count):
         if time.monotonic() > deadline:
             echo("Some Cost Explorer queries are still running; their results are not shown.\n")
             return

@@ -9,10 +9,11 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
+import storage.digests
 from bot.services import alerts as alert_job
 from bot.services import costs, digests
 from bot.slack import outbox as outbox_job
-from storage import audit, schedules, thresholds
+from storage import audit, thresholds
 from storage.models import ChannelLink, CostQuery, OutboxMessage
 from tests.app.conftest import CHANNEL, OTHER_CHANNEL
 from tests.app.helpers import eventually, replica_with_clock
@@ -43,7 +44,7 @@ def _arm(bot, org_id: str, channel: str = CHANNEL) -> int:
     link = _links(bot)[(channel, org_id)]
     with bot.db.session() as session:
         thresholds.set_threshold(session, link_id=link.id, amount_cents=1000, updated_by="U_ADMIN")
-        schedules.set_schedule(
+        storage.digests.set_schedule(
             session,
             link_id=link.id,
             day="1",

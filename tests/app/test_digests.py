@@ -9,11 +9,12 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
+import storage.digests
 from bot.core.money import format_cents
 from bot.sandbox import Fault
 from bot.services import costs, digests
 from bot.slack import outbox as outbox_job
-from storage import outbox, schedules
+from storage import outbox
 from storage.models import CostQuery, DigestSchedule, OutboxMessage
 from tests.app.conftest import CHANNEL
 from tests.app.helpers import replica_with_clock
@@ -89,7 +90,7 @@ async def test_a_due_schedule_runs_once_even_with_two_replicas_racing(bot, org):
     bot.link(org.id)
     past = now() - timedelta(minutes=5)
     with bot.db.session() as session:
-        schedules.set_schedule(
+        storage.digests.set_schedule(
             session, link_id=1, day="1", hour=9, minute=0, next_run_at=past, updated_by="U"
         )
     first, clock = replica_with_clock(bot)

@@ -22,7 +22,7 @@ from bot.runtime.localserver import LocalServer
 from bot.runtime.server import build_asgi
 from bot.sandbox import Fault
 from handlers.commands import WORK_AT_ONCE
-from handlers.connect import CALLBACK_ID, read_form
+from handlers.credentials import CALLBACK_ID, read_form
 from storage import (
     Database,
     alerts,
