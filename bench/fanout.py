@@ -80,12 +80,13 @@ from sqlmodel import col, select  # noqa: E402
 
 import bot.runtime.jobs  # noqa: E402
 import bot.services.digests  # noqa: E402
+import storage.digests  # noqa: E402
 from bot.atlas import NotReady  # noqa: E402
 from bot.core.config import Settings  # noqa: E402
 from bot.deps import Deps  # noqa: E402
 from bot.runtime.app import build_deps  # noqa: E402
 from bot.services import alerts, digests  # noqa: E402
-from storage import Database, links, schedules, thresholds  # noqa: E402
+from storage import Database, links, thresholds  # noqa: E402
 from storage.db import make_engine  # noqa: E402
 from storage.models import CostQuery, DigestSchedule, OutboxMessage  # noqa: E402
 from tests.fakes.slack import FakeSlack  # noqa: E402
@@ -349,7 +350,7 @@ def add_digest_links(db: Database, org_ids: list[str], next_run_at: datetime) ->
                 session, team_id=TEAM, channel_id=f"CD{n:05d}", org_id=org_id, created_by=ADMIN
             )
             assert link.id is not None
-            schedules.set_schedule(
+            storage.digests.set_schedule(
                 session,
                 link_id=link.id,
                 day="1",

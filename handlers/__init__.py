@@ -11,9 +11,9 @@ if TYPE_CHECKING:
 
 
 def register(app: AsyncApp, deps: Deps) -> None:
-    from handlers import alerts, channel_events, commands, connect
+    from handlers import alerts, commands, credentials, links
 
     commands.register(app, deps)
     alerts.register(app, deps)
-    connect.register(app, deps)
-    channel_events.register(app, deps)
+    credentials.register(app, deps)
+    links.register(app, deps)

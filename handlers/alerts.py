@@ -14,8 +14,7 @@ from slack_sdk.errors import SlackApiError
 from bot.deps import Deps
 from bot.render.alerts import ACK_ACTION, SNOOZE_ACTION, acknowledged_message, snoozed_message
 from bot.render.explain import UNEXPECTED, explain, slack_error
-from bot.services import links
-from storage import alerts
+from bot.services import alerts, links
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ def register(app: AsyncApp, deps: Deps) -> None:
         user_id = (body.get("user") or {}).get("id", "")
         channel_id = (body.get("channel") or {}).get("id", "")
         message = body.get("message") or {}
-        alert = await deps.db.run(alerts.get_alert, id=alert_id) if alert_id is not None else None
+        alert = await alerts.alert(deps, alert_id) if alert_id is not None else None
         if alert is None or alert.channel_id != channel_id or not message.get("ts"):
             await respond(text=NOT_KNOWN, response_type="ephemeral", replace_original=False)
             return
@@ -68,10 +67,10 @@ def register(app: AsyncApp, deps: Deps) -> None:
         blocks = message.get("blocks") or []
         if snooze:
             until = now + SNOOZE_FOR
-            known = await deps.db.run(alerts.snooze, id=alert.id, user_id=user_id, until=until)
+            known = await alerts.snooze(deps, alert_id=alert.id, user_id=user_id, until=until)
             updated = snoozed_message(blocks, user_id=user_id, until=until)
         else:
-            acked = await deps.db.run(alerts.acknowledge, id=alert.id, user_id=user_id, now=now)
+            acked = await alerts.acknowledge(deps, alert_id=alert.id, user_id=user_id, now=now)
             known = acked is not None
             if acked is not None:  # the first acknowledgement stands, whoever clicks later
                 user_id, now = acked.acknowledged_by or user_id, acked.acknowledged_at or now

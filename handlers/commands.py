@@ -15,21 +15,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_sdk.errors import SlackApiError
 
-from bot.atlas import AtlasError
 from bot.deps import Deps
-from bot.render.explain import UNEXPECTED, Refusal, explain, slack_error
+from bot.render.explain import EXPLAINED, UNEXPECTED, Refusal, explain, slack_error
 from bot.services.links import require_admin, slack_refused
-from handlers import connect as connect_handler
-from handlers import costs as costs_handler
-from handlers import grammar, links, settings, spend
+from handlers import costs, credentials, grammar, links, settings, spend
 from handlers.invocation import Invocation
-from storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +39,13 @@ HANDLERS: dict[type, Handler] = {
     grammar.Status: links.status,
     grammar.Pending: spend.pending,
     grammar.Invoice: spend.invoice,
-    grammar.Costs: costs_handler.costs,
-    grammar.Connect: connect_handler.connect,
+    grammar.Costs: costs.costs,
+    grammar.Connect: credentials.connect,
     grammar.Threshold: settings.threshold,
     grammar.OnCall: settings.oncall,
     grammar.Digest: settings.digest,
 }
 
-# Failures `explain` words for the caller (a Slack connection that failed included).
-EXPECTED = (AtlasError, StorageError, SlackApiError, Refusal, aiohttp.ClientError, TimeoutError)
 
 # The sub-command name of each parsed command, for the `subcommand` label of the metrics.
 SUBCOMMAND_OF: dict[type, str] = {
@@ -110,7 +103,7 @@ def register(app: AsyncApp, deps: Deps) -> None:
                     await require_admin(deps, invocation.user_id, "change this")
                 await HANDLERS[type(parsed)](invocation, parsed)
             outcome = "ok"
-        except EXPECTED as exc:
+        except EXPLAINED as exc:
             outcome = "refused" if isinstance(exc, Refusal) else "failed"
             if isinstance(exc, SlackApiError):
                 await slack_refused(

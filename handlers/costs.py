@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bot.services import costs as cost_queries
 from bot.services import links
+from bot.services.costs import start
 from handlers.grammar import Costs
 from handlers.invocation import Invocation
 
@@ -12,7 +12,7 @@ async def costs(invocation: Invocation, command: Costs) -> None:
     deps = invocation.deps
     linked = await links.linked_orgs(deps, invocation.team_id, invocation.channel_id)
     org_id = links.choose_org(linked, command.org_id)
-    await cost_queries.start(
+    await start(
         deps,
         team_id=invocation.team_id,
         channel_id=invocation.channel_id,

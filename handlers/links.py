@@ -1,9 +1,16 @@
-"""``link``, ``unlink`` and ``status``: which Atlas orgs a channel follows."""
+"""``link``, ``unlink`` and ``status``: which Atlas orgs a channel follows; and Slack's channel
+life-cycle events: an archived channel's links are disabled, an unarchived channel's links come
+back (see ``bot.services.links`` for what disabled means)."""
 
 from __future__ import annotations
 
-from bot.core.money import format_cents
+from typing import Any
+
+from slack_bolt.async_app import AsyncApp
+
+from bot.deps import Deps
 from bot.render.blocks import notice
+from bot.render.links import status_text
 from bot.services import links, settings
 from handlers.grammar import Link, Status, Unlink
 from handlers.invocation import Invocation
@@ -60,34 +67,44 @@ async def status(invocation: Invocation, command: Status) -> None:
             "An admin can link one with `/atlas-billing link ORG_ID`."
         )
         return
-    lines = ["*This channel follows these Atlas orgs:*"]
-    for row in state.links:
-        assert row.id is not None  # links read from the database have their id
-        threshold = state.thresholds.get(row.id)
-        schedule = state.schedules.get(row.id)
-        limit = format_cents(threshold.amount_cents) if threshold else "none"
-        digest = (
-            f"day {schedule.day} at {schedule.hour:02d}:{schedule.minute:02d} UTC, next "
-            f"{schedule.next_run_at:%Y-%m-%d %H:%M} UTC"
-            if schedule
-            else "off"
-        )
-        line = (
-            f"• `{row.org_id}` (linked by <@{row.created_by}> on {row.created_at:%Y-%m-%d}): "
-            f"threshold {limit}; digest {digest}"
-        )
-        if row.disabled_at is not None:
-            line += (
-                f" — *disabled* since {row.disabled_at:%Y-%m-%d} ({row.disabled_reason}): no "
-                f"alerts or digests; `/atlas-billing link {row.org_id}` turns it back on"
+    await invocation.ephemeral(status_text(state))
+
+
+# ---- channel life-cycle events -----------------------------------------------------------
+
+ARCHIVE = ("channel_archive", "group_archive")
+UNARCHIVE = ("channel_unarchive", "group_unarchive")
+
+
+def _where(body: dict[str, Any], event: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(team, channel, user) of the event, or None when Slack left one out."""
+    team_id, channel_id = body.get("team_id"), event.get("channel")
+    if not isinstance(team_id, str) or not isinstance(channel_id, str):
+        return None
+    user_id = event.get("user")
+    return team_id, channel_id, user_id if isinstance(user_id, str) else links.SLACK
+
+
+def register(app: AsyncApp, deps: Deps) -> None:
+    async def archived(body: dict[str, Any], event: dict[str, Any]) -> None:
+        if (where := _where(body, event)) is not None:
+            team_id, channel_id, user_id = where
+            await links.channel_archived(
+                deps,
+                team_id=team_id,
+                channel_id=channel_id,
+                user_id=user_id,
+                noticed=f"{event['type']} event",
             )
-        lines.append(line)
-    config = state.config
-    if config and config.oncall_kind == "user":
-        oncall = f"<@{config.oncall_id}>"
-    elif config and config.oncall_kind == "usergroup":
-        oncall = f"<!subteam^{config.oncall_id}>"
-    else:
-        oncall = "nobody (set one with `/atlas-billing oncall @user`)"
-    lines.append(f"On-call for threshold alerts: {oncall}")
-    await invocation.ephemeral("\n".join(lines))
+
+    async def unarchived(body: dict[str, Any], event: dict[str, Any]) -> None:
+        if (where := _where(body, event)) is not None:
+            team_id, channel_id, user_id = where
+            await links.channel_unarchived(
+                deps, team_id=team_id, channel_id=channel_id, user_id=user_id
+            )
+
+    for name in ARCHIVE:
+        app.event(name)(archived)
+    for name in UNARCHIVE:
+        app.event(name)(unarchived)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from bot.core.money import format_cents
-from bot.render.blocks import notice
+from bot.render.blocks import notice, oncall_mention
 from bot.services import digests, settings
 from handlers.grammar import Digest, OnCall, Threshold
 from handlers.invocation import Invocation
@@ -50,7 +50,7 @@ async def oncall(invocation: Invocation, command: OnCall) -> None:
     if command.kind is None:
         text = f"<@{invocation.user_id}> cleared the on-call target: alerts mention nobody."
     else:
-        who = f"<@{command.id}>" if command.kind == "user" else f"<!subteam^{command.id}>"
+        who = oncall_mention(command.kind, command.id)
         text = f"<@{invocation.user_id}> set the on-call target for threshold alerts to {who}."
     await invocation.post(notice(text))
 

@@ -22,10 +22,7 @@ async def pending(invocation: Invocation, command: Pending) -> None:
     linked = await links.linked_orgs(deps, invocation.team_id, invocation.channel_id)
     orgs = links.choose_orgs(linked, command.org_id)
     summaries = await asyncio.gather(
-        *(
-            deps.pending_reads.run(o, functools.partial(spend.pending, deps.atlas_for(o), o))
-            for o in orgs
-        )
+        *(deps.pending_reads.run(o, functools.partial(spend.org_pending, deps, o)) for o in orgs)
     )
     await invocation.post(pending_message(summaries))
 
@@ -35,7 +32,7 @@ async def invoice(invocation: Invocation, command: Invoice) -> None:
     deps = invocation.deps
     linked = await links.linked_orgs(deps, invocation.team_id, invocation.channel_id)
     org_id = links.choose_org(linked, command.org_id)
-    client = deps.atlas_for(org_id)
+    client = await deps.credentials.client(org_id)
     summary = await spend.invoice(client, org_id, command.invoice_id)
     with tempfile.TemporaryDirectory(prefix="atlas-invoice-") as tmp:
         path = Path(tmp) / f"atlas-invoice-{command.invoice_id}.csv"

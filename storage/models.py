@@ -139,7 +139,7 @@ class CostQuery(SQLModel, table=True):
     """A Cost Explorer query started from Slack, polled by the *poll* job until Atlas has it.
 
     `lease_owner`/`lease_until` record which worker has claimed the row for a poll
-    (see `storage.cost_queries.claim_due`); a lease that has run out may be taken
+    (see `storage.costs.claim_due`); a lease that has run out may be taken
     over by another worker.
 
     A `digest` query belongs to a link (`link_id`, deleted with it) and reports on
@@ -314,7 +314,7 @@ class DigestSchedule(SQLModel, table=True):
     """When a link's monthly digest is posted: day of month (`1`-`31` or `last`), time, zone.
 
     `next_run_at` is the source of truth for the *digests* job: a replica takes a
-    due run by moving it forward with `storage.schedules.advance`.
+    due run by moving it forward with `storage.digests.advance`.
     """
 
     __tablename__ = "digest_schedule"

@@ -10,6 +10,7 @@ and typed errors.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import random
@@ -116,6 +117,19 @@ class AtlasClient:
         elif public_key and private_key:
             auth = api_key_auth(public_key, private_key)
         return cls(base_url=base_url, auth=auth, **options)
+
+    def with_auth(self, auth: httpx.Auth) -> AtlasClient:
+        """This client with other credentials: same base URL, connection pool, request budget,
+        retries and counters.
+
+        For an org's own credentials (``connect``): many orgs share one pool. Closing the copy
+        revokes its own token and leaves the pool to the client it was made from.
+        """
+        clone = copy.copy(self)
+        clone._auth, clone._owns_http = auth, False
+        if isinstance(auth, ServiceAccountAuth):
+            auth.bind(self._http, request_counter=self._requests)
+        return clone
 
     async def aclose(self) -> None:
         if isinstance(self._auth, ServiceAccountAuth):

@@ -23,7 +23,7 @@ from slack_sdk.models.blocks import (
 
 from bot.core.money import format_cents
 from bot.render.blocks import Message, _finish, _md, ranked
-from bot.render.digest import month_name
+from bot.render.digests import month_name
 
 LEVELS = ("50", "80", "100", "forecast")
 LEVEL_LABELS = {

@@ -44,6 +44,14 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def oncall_mention(kind: str | None, target: str | None) -> str | None:
+    """How an on-call target is mentioned, so Slack notifies it: ``<@U…>`` for a user,
+    ``<!subteam^S…>`` for a user group; None when there is none."""
+    if not kind or not target:
+        return None
+    return f"<@{target}>" if kind == "user" else f"<!subteam^{target}>"
+
+
 def _md(text: str) -> MarkdownTextObject:
     if len(text) > SECTION_TEXT_LIMIT:
         text = text[: SECTION_TEXT_LIMIT - 1] + "…"

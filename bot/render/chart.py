@@ -13,7 +13,7 @@ import io
 from typing import TYPE_CHECKING
 
 from bot.core.money import format_cents
-from bot.render.digest import DigestSummary, month_name
+from bot.render.digests import DigestSummary, month_name
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

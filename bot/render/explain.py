@@ -77,6 +77,18 @@ class Refusal(Exception):
     """A request the bot declines (not linked, not an admin, …); the message is shown as is."""
 
 
+# The failures ``explain`` words for a person (a Slack connection that failed included):
+# handlers answer these with its line; anything else is unexpected and logged as such.
+EXPLAINED: tuple[type[BaseException], ...] = (
+    AtlasError,
+    StorageError,
+    SlackApiError,
+    Refusal,
+    aiohttp.ClientError,
+    TimeoutError,
+)
+
+
 def _code(exc: AtlasAPIError) -> str:
     return f"{exc.status} {exc.error_code or exc.reason or 'error'}"
 

@@ -16,10 +16,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 import handlers
 from bot.atlas import AtlasClient
 from bot.core.config import Settings
-from bot.deps import Deps, slack_client
+from bot.deps import Deps
 from bot.render.explain import UNEXPECTED
 from bot.runtime.metrics import Metrics
-from bot.services.credentials import atlas_client
+from bot.services.credentials import OrgCredentials, atlas_client
+from bot.slack.client import slack_client
 from storage import Database
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,14 @@ def build_deps(
     ``extra``, else a new one); clients passed in count wherever they were built to.
     """
     metrics = extra.pop("metrics", None) or Metrics()
+    atlas = atlas or atlas_client(settings, request_counter=metrics.atlas_requests)
+    db = db or Database(settings.DATABASE_URL)
     return Deps(
         settings=settings,
-        atlas=atlas or atlas_client(settings, request_counter=metrics.atlas_requests),
-        db=db or Database(settings.DATABASE_URL),
-        slack=slack or slack_client(settings, metrics=metrics),
+        atlas=atlas,
+        db=db,
+        slack=slack or slack_client(settings, errors=metrics.slack_errors),
+        credentials=OrgCredentials(settings, atlas, db),
         metrics=metrics,
         **extra,
     )

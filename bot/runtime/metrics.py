@@ -9,15 +9,10 @@ from what a user typed, so the number of series stays bounded.
 
 from __future__ import annotations
 
-import re
-
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import choose_encoder
 
-__all__ = ["Metrics", "outbox_kind", "slack_error_label"]
-
-# Slack's error strings are short snake_case words; anything else is not used as a label.
-_SLACK_ERROR = re.compile(r"[a-z0-9_.]{1,64}")
+__all__ = ["Metrics", "outbox_kind"]
 
 
 class Metrics:
@@ -101,12 +96,3 @@ def outbox_kind(key: str) -> str | None:
     if prefix in ("digest", "digest-now", "digest-query") and not key.endswith(":failed"):
         return "digest"
     return None
-
-
-def slack_error_label(error: object, status: int | None) -> str:
-    """Slack's ``error`` string when it is one, else the HTTP status class (``http_5xx``)."""
-    if isinstance(error, str) and _SLACK_ERROR.fullmatch(error):
-        return error
-    if status:
-        return f"http_{status // 100}xx"
-    return "unknown_error"

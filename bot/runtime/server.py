@@ -28,7 +28,7 @@ from bot.deps import Deps
 from bot.runtime.app import build_app, build_deps
 from bot.runtime.jobs import Jobs
 from bot.slack.guard import SlackGuard
-from storage import StorageError, cost_queries
+from storage import StorageError, costs
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def build_asgi(deps: Deps, app: AsyncApp) -> Starlette:
     async def metrics(request: Request) -> Response:
         # Unsigned, like /healthz: it holds counts and fixed label values, no secret or user text.
         try:
-            pending: int | None = await deps.db.run(cost_queries.pending_count)
+            pending: int | None = await deps.db.run(costs.pending_count)
         except StorageError as exc:
             log.warning("metrics: pending Cost Explorer queries unknown: %s", exc)
             pending = None
@@ -102,7 +102,7 @@ def serve(settings: Settings, *, port: int, host: str = "0.0.0.0") -> None:
         require(settings, "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET")
     deps = build_deps(settings)
     deps.db.upgrade()
-    deps.secret_box()  # the first start generates the key file (with a warning) if none is set
+    deps.credentials.box()  # the first start generates the key file (with a warning) if none is set
     app = build_app(deps)
     if settings.SLACK_APP_TOKEN:
         asyncio.run(_socket_mode(deps, app, settings.SLACK_APP_TOKEN))

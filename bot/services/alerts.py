@@ -26,9 +26,10 @@ from sqlmodel import Session
 from bot.atlas import AtlasError
 from bot.deps import Deps
 from bot.render.alerts import alert_message
+from bot.render.blocks import oncall_mention
 from bot.services import spend
 from storage import alerts, channel_config, outbox, thresholds
-from storage.models import ChannelLink, Threshold
+from storage.models import Alert, ChannelLink, Threshold
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,6 @@ def crossed_levels(mtd_cents: int, forecast: int, threshold_cents: int) -> list[
     return levels
 
 
-def oncall_mention(kind: str | None, target: str | None) -> str | None:
-    if not kind or not target:
-        return None
-    return f"<@{target}>" if kind == "user" else f"<!subteam^{target}>"
-
-
 @dataclass(frozen=True)
 class ThresholdReport:
     orgs: int = 0
@@ -78,7 +73,7 @@ async def check_thresholds(deps: Deps) -> ThresholdReport:
     async def fetch(org_id: str) -> spend.PendingSummary | None:
         async with gate:
             try:
-                return await spend.pending(deps.atlas_for(org_id), org_id)
+                return await spend.org_pending(deps, org_id)
             except AtlasError as exc:
                 log.warning("thresholds: cannot read org %s: %s", org_id, exc)
                 return None
@@ -158,3 +153,21 @@ def _record(
     )
     alerts.set_outbox_key(session, ids=[a.id for a in new if a.id is not None], key=key)
     return True
+
+
+# ---- the Acknowledge and Snooze buttons ------------------------------------------------------
+
+
+async def alert(deps: Deps, alert_id: int) -> Alert | None:
+    """The alert a button belongs to, or None when it is gone (its link was unlinked)."""
+    return await deps.db.run(alerts.get_alert, id=alert_id)
+
+
+async def acknowledge(deps: Deps, *, alert_id: int, user_id: str, now: datetime) -> Alert | None:
+    """Record the acknowledgement unless one was first; the alert as it then stands, or None."""
+    return await deps.db.run(alerts.acknowledge, id=alert_id, user_id=user_id, now=now)
+
+
+async def snooze(deps: Deps, *, alert_id: int, user_id: str, until: datetime) -> bool:
+    """Hold the link's new alerts until ``until``; False when the alert is gone."""
+    return await deps.db.run(alerts.snooze, id=alert_id, user_id=user_id, until=until)

@@ -17,6 +17,7 @@ from datetime import date, timedelta
 
 from slack_sdk.errors import SlackApiError
 
+import storage.costs
 from bot.atlas import (
     AtlasAPIError,
     AtlasError,
@@ -35,7 +36,6 @@ from bot.render.blocks import (
 )
 from bot.render.explain import AUTH_ERRORS, Refusal, explain, slack_error
 from bot.services import digests, links, spend
-from storage import cost_queries
 from storage.models import CostQuery as StoredQuery
 from storage.models import QueryStatus, to_json
 
@@ -75,14 +75,15 @@ async def start(
     posted = await deps.slack.chat_postMessage(channel=channel_id, **started.kwargs())
     message_ts = posted["ts"]
     try:
-        token = await deps.atlas_for(org_id).create_cost_query(org_id, query)
+        atlas = await deps.credentials.client(org_id)
+        token = await atlas.create_cost_query(org_id, query)
     except AtlasError as exc:
         failed = costs_failed_message(org_id, start, end, explain(exc), user_id)
         await deps.slack.chat_update(channel=channel_id, ts=message_ts, **failed.kwargs())
         raise
     now = deps.clock()
     return await deps.db.run(
-        cost_queries.add_query,
+        storage.costs.add_query,
         token=token,
         org_id=org_id,
         team_id=team_id,
@@ -105,7 +106,7 @@ async def _check_quota(
     per person and per channel keeps one member from crowding them out.
     """
     running = await deps.db.run(
-        cost_queries.open_chat_queries, team_id=team_id, channel_id=channel_id
+        storage.costs.open_chat_queries, team_id=team_id, channel_id=channel_id
     )
     body = to_json(query.body())
     for row in running:
@@ -141,7 +142,7 @@ async def poll_due(deps: Deps) -> PollReport:
     # replica killed mid-poll delays the query by seconds, not minutes.
     lease = max(30.0, deps.settings.BOT_POLL_SECONDS * 4)
     rows = await deps.db.run(
-        cost_queries.claim_due,
+        storage.costs.claim_due,
         now=deps.clock(),
         owner=deps.worker,
         lease_seconds=lease,
@@ -170,7 +171,8 @@ async def _poll_one(deps: Deps, row: StoredQuery) -> QueryStatus:
     start, end, group_by = _dates(row)
     now = deps.clock()
     try:
-        result = await deps.atlas_for(row.org_id).cost_result(row.org_id, row.token)
+        atlas = await deps.credentials.client(row.org_id)
+        result = await atlas.cost_result(row.org_id, row.token)
     except AtlasError as exc:
         if _permanent(exc):
             return await _give_up(deps, row, QueryStatus.FAILED, explain(exc))
@@ -212,7 +214,7 @@ async def _reschedule(deps: Deps, row: StoredQuery) -> QueryStatus:
     assert row.id is not None  # claimed queries come from the database
     delay = backoff(deps.settings.BOT_POLL_SECONDS, row.attempts)
     await deps.db.run(
-        cost_queries.reschedule,
+        storage.costs.reschedule,
         id=row.id,
         owner=deps.worker,
         next_poll_at=deps.clock() + timedelta(seconds=delay),
@@ -232,7 +234,7 @@ async def _finish(
             )
         else:
             posted = await deps.slack.chat_postMessage(channel=row.channel_id, **message.kwargs())
-            await deps.db.run(cost_queries.set_message, id=row.id, message_ts=posted["ts"])
+            await deps.db.run(storage.costs.set_message, id=row.id, message_ts=posted["ts"])
     except SlackApiError as exc:
         refusal = slack_error(exc)
         unavailable = exc.response.status_code == 429 or exc.response.status_code >= 500
@@ -256,5 +258,7 @@ async def _finish(
         )
         status = QueryStatus.EXPIRED if waits else QueryStatus.FAILED
         error = f"slack: {refusal}"
-    await deps.db.run(cost_queries.finish, id=row.id, owner=deps.worker, status=status, error=error)
+    await deps.db.run(
+        storage.costs.finish, id=row.id, owner=deps.worker, status=status, error=error
+    )
     return status

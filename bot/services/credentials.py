@@ -1,8 +1,12 @@
-"""Atlas credentials: the client for the configured ones (service account first, else the API
-key pair), and the re-encryption of the stored ones under a new key (``secrets rotate``).
+"""Atlas credentials: the configured ones, each org's own (``connect ORG_ID``), and their keys.
 
-Kept apart from ``bot.runtime.app`` so the ``atlas`` CLI commands build a client without
-loading Bolt or the database.
+- ``atlas_client``: the client for the configured credentials (service account first, else
+  the API key pair). Kept light so the ``atlas`` CLI commands build one without loading Bolt
+  or the database.
+- ``OrgCredentials``: the client each org uses right now (its stored credentials, decrypted
+  with the bot's key, else the configured client), sharing one connection pool; a replaced
+  or removed credential's client is closed and dropped at the next look-up.
+- ``rotate``: re-encrypts every stored credential under a new key (``secrets rotate``).
 """
 
 from __future__ import annotations
@@ -10,14 +14,126 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from bot.atlas import AtlasClient
+import httpx
+
+from bot.atlas import AtlasClient, AtlasError, ServiceAccountAuth, api_key_auth
 from bot.core.config import ConfigError, Settings
-from bot.core.secrets import MAX_ROTATION_PASSES, SecretBox, SecretError
+from bot.core.redaction import register_secret
+from bot.core.secrets import (
+    MAX_ROTATION_PASSES,
+    SecretBox,
+    SecretError,
+    key_file,
+    load_or_create_key,
+)
 
 if TYPE_CHECKING:
     from storage import Database
+    from storage.models import OrgCredential
 
 log = logging.getLogger(__name__)
+
+
+class UnreadableCredentials(AtlasError):
+    """An org's stored credentials cannot be decrypted with this process's key (see the message)."""
+
+
+def credential_auth(*, kind: str, public_id: str, secret: str) -> httpx.Auth:
+    """The ``httpx`` auth for one set of credentials: a service account or an API key pair."""
+    from storage.models import CredentialKind
+
+    register_secret(secret)  # stored or just typed in: either way kept out of the logs
+    if kind == CredentialKind.SERVICE_ACCOUNT:
+        return ServiceAccountAuth(public_id, secret)
+    return api_key_auth(public_id, secret)
+
+
+class OrgCredentials:
+    """Which Atlas client each org uses, and the key its stored credentials are sealed with.
+
+    The stored credentials are looked up at each call (one database read), so a ``connect``
+    on another replica takes effect here too. Clients are kept per org with the version of
+    the credential they were made from; every one is ``base.with_auth(...)``, so all orgs
+    share the base client's connection pool.
+    """
+
+    def __init__(self, settings: Settings, base: AtlasClient, db: Database) -> None:
+        self._settings = settings
+        self._base = base
+        self._db = db
+        self._box: SecretBox | None = None
+        self._clients: dict[str, tuple[tuple[int, int], AtlasClient]] = {}
+
+    def box(self) -> SecretBox:
+        """The box for stored credentials, around ``BOT_SECRET_KEY`` or the generated key file.
+
+        Raises ``SecretError`` when the key is malformed or the key file cannot be written.
+        """
+        if self._box is None:
+            settings = self._settings
+            source = (
+                "BOT_SECRET_KEY"
+                if settings.BOT_SECRET_KEY
+                else f"the generated key in {key_file(settings)}"
+            )
+            self._box = SecretBox(load_or_create_key(settings), source=source)
+        return self._box
+
+    def cached(self) -> dict[str, tuple[int, int]]:
+        """The credential (row id, version) each org's client is made from, for tests and logs."""
+        return {org_id: version for org_id, (version, _) in self._clients.items()}
+
+    async def client(self, org_id: str) -> AtlasClient:
+        """The client for ``org_id`` now: its stored credentials' if an admin connected some,
+        else the configured one."""
+        from storage import credentials
+
+        try:
+            row = await self._db.run(credentials.get_credential, org_id=org_id)
+        except ValueError:
+            return self._base  # not an org ID: the client refuses it with InvalidInput
+        held = self._clients.get(org_id)
+        if row is None or row.id is None:
+            if held is not None:  # removed since: its client goes too
+                await self._drop(org_id, held[1])
+            return self._base
+        version = (row.id, row.version)
+        if held is not None and held[0] == version:
+            return held[1]
+        # No await between this check and the insert: one client per credential version.
+        client = self._base.with_auth(self._auth(row))
+        self._clients[org_id] = (version, client)
+        if held is not None:  # replaced: the old one revokes its token and is forgotten
+            await held[1].aclose()
+        return client
+
+    def _auth(self, row: OrgCredential) -> httpx.Auth:
+        try:
+            box = self.box()
+            if row.key_id != box.key_id:
+                raise SecretError(
+                    f"they were encrypted with another key (key id {row.key_id}) than "
+                    f"{box.source} (key id {box.key_id}); set BOT_SECRET_KEY to the key they "
+                    "were stored with, or connect the org again"
+                )
+            secret = box.decrypt(row.ciphertext)
+        except SecretError as exc:
+            log.error("stored Atlas credentials of org %s unusable: %s", row.org_id, exc)
+            raise UnreadableCredentials(
+                f"The stored Atlas credentials of org {row.org_id} cannot be used: {exc}."
+            ) from None
+        return credential_auth(kind=row.kind, public_id=row.public_id, secret=secret)
+
+    async def _drop(self, org_id: str, client: AtlasClient) -> None:
+        if self._clients.get(org_id, (None, None))[1] is client:
+            del self._clients[org_id]
+        await client.aclose()
+
+    async def aclose(self) -> None:
+        clients = [client for _, client in self._clients.values()]
+        self._clients.clear()
+        for client in clients:
+            await client.aclose()
 
 
 def atlas_client(settings: Settings, **options: Any) -> AtlasClient:

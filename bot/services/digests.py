@@ -22,14 +22,15 @@ from typing import Any
 
 from sqlmodel import Session
 
+import storage.digests
 from bot.atlas import AtlasError, CostQuery, CostResult
 from bot.core.months import add_months
 from bot.core.schedule import next_run, reported_month
 from bot.deps import Deps
 from bot.render.blocks import escape
 from bot.render.chart import digest_chart_png
-from bot.render.digest import digest_message, summarise_digest
-from storage import cost_queries, outbox, schedules
+from bot.render.digests import digest_message, summarise_digest
+from storage import costs, outbox
 from storage.errors import AlreadyExists
 from storage.models import ChannelLink, DigestSchedule
 from storage.models import CostQuery as StoredQuery
@@ -64,7 +65,7 @@ class DigestReport:
 async def start_due(deps: Deps) -> DigestReport:
     """The *digests* job."""
     now = deps.clock()
-    due = await deps.db.run(schedules.due_schedules, now=now, limit=500)
+    due = await deps.db.run(storage.digests.due_schedules, now=now, limit=500)
     gate = asyncio.Semaphore(CONCURRENT)
 
     async def one(link: ChannelLink, schedule: DigestSchedule) -> str:
@@ -89,9 +90,8 @@ async def _start_scheduled(
         schedule.day, schedule.hour, schedule.minute, after=max(now, schedule.next_run_at)
     )
     try:
-        token = await deps.atlas_for(link.org_id).create_cost_query(
-            link.org_id, query_for(link, month)
-        )
+        atlas = await deps.credentials.client(link.org_id)
+        token = await atlas.create_cost_query(link.org_id, query_for(link, month))
     except AtlasError as exc:
         # The schedule stays due: the next tick tries again.
         log.warning("digest for link %s: Atlas refused the query: %s", link.id, exc)
@@ -125,12 +125,12 @@ def _claim_and_store(
     if schedule is not None:
         # A stored schedule has its id, and its caller always says when it runs next.
         assert schedule.id is not None and following is not None
-        if not schedules.advance(
+        if not storage.digests.advance(
             session, schedule_id=schedule.id, seen=schedule.next_run_at, next_run_at=following
         ):
             return False
     try:
-        cost_queries.add_query(
+        costs.add_query(
             session,
             token=token,
             org_id=link.org_id,
@@ -154,7 +154,8 @@ async def start_now(deps: Deps, link: ChannelLink, user_id: str) -> date:
     """``digest now``: the digest of the last full month, started at once; returns that month."""
     now = deps.clock()
     month = reported_month(now)
-    token = await deps.atlas_for(link.org_id).create_cost_query(link.org_id, query_for(link, month))
+    atlas = await deps.credentials.client(link.org_id)
+    token = await atlas.create_cost_query(link.org_id, query_for(link, month))
     await deps.db.run(
         _claim_and_store,
         link=link,
@@ -173,7 +174,8 @@ async def complete(deps: Deps, row: StoredQuery, result: CostResult) -> bool:
     """The query of a digest is ready: render it (and its chart) into the outbox, once."""
     month = date.fromisoformat(f"{row.digest_month}-01")
     try:
-        pending = await deps.atlas_for(row.org_id).pending_totals(row.org_id)
+        atlas = await deps.credentials.client(row.org_id)
+        pending = await atlas.pending_totals(row.org_id)
         mtd = sum(invoice.subtotal_cents for invoice in pending)
     except AtlasError as exc:
         log.warning("digest %s: month-to-date unavailable: %s", row.digest_key, exc)
@@ -205,7 +207,7 @@ def _finish_into_outbox(
     now: datetime,
 ) -> bool:
     assert row.id is not None  # the query was read from the database
-    if not cost_queries.finish(session, id=row.id, owner=owner, status="done", now=now):
+    if not costs.finish(session, id=row.id, owner=owner, status="done", now=now):
         return False  # another worker finished it: it queued the digest
     outbox.enqueue(
         session,
@@ -225,7 +227,7 @@ def record_failure(
 ) -> bool:
     """A digest that cannot be produced is said so in its channel, once."""
     assert row.id is not None  # the query was read from the database
-    if not cost_queries.finish(session, id=row.id, owner=owner, status=status, error=reason):
+    if not costs.finish(session, id=row.id, owner=owner, status=status, error=reason):
         return False
     outbox.enqueue(
         session,

@@ -124,7 +124,8 @@ async def link(
     The check reads the pending invoice: an Atlas error (403 without the
     Billing Viewer role, 404 for an unknown org) propagates and nothing is stored.
     """
-    await deps.atlas_for(org_id).pending_invoices(org_id)
+    atlas = await deps.credentials.client(org_id)
+    await atlas.pending_invoices(org_id)
     return await deps.db.run(
         _link_and_audit, team_id=team_id, channel_id=channel_id, org_id=org_id, user_id=user_id
     )

@@ -10,7 +10,7 @@ from sqlmodel import Session
 from bot.core.schedule import next_run
 from bot.deps import Deps
 from bot.services.links import choose_org
-from storage import audit, channel_config, links, schedules, thresholds
+from storage import audit, channel_config, digests, links, thresholds
 from storage.models import ChannelConfig, ChannelLink, DigestSchedule, Threshold
 
 
@@ -122,11 +122,11 @@ def _digest(
     for link in rows:
         assert link.id is not None  # links read from the database have their id
         if day is None or at is None:
-            schedules.clear_schedule(session, link_id=link.id)
+            digests.clear_schedule(session, link_id=link.id)
             result.append((link.org_id, None))
             continue
         first = next_run(day, at.hour, at.minute, after=now)
-        schedules.set_schedule(
+        digests.set_schedule(
             session,
             link_id=link.id,
             day=day,
@@ -185,7 +185,7 @@ def _state(session: Session, *, team_id: str, channel_id: str) -> ChannelState:
     }
     found_schedules = {
         link.id: schedule
-        for link, schedule in schedules.schedules_for_channel(
+        for link, schedule in digests.schedules_for_channel(
             session, team_id=team_id, channel_id=channel_id
         )
         if link.id is not None

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from bot.atlas import AtlasClient, CostResult, Invoice
 
-if TYPE_CHECKING:
-    from bot.deps import OrgAtlas
+if TYPE_CHECKING:  # the CLI's `atlas` commands use this module without loading the bot
+    from bot.deps import Deps
 
 
 def _top(totals: dict[str, int]) -> tuple[tuple[str, int], ...]:
@@ -113,14 +113,20 @@ class PendingSummary:
         }
 
 
-async def pending(client: AtlasClient | OrgAtlas, org_id: str) -> PendingSummary:
+async def pending(client: AtlasClient, org_id: str) -> PendingSummary:
     invoices = await client.pending_invoices(org_id)
     return PendingSummary(
         org_id=org_id, invoices=tuple(summarise_invoice(i, org_id) for i in invoices)
     )
 
 
-async def invoice(client: AtlasClient | OrgAtlas, org_id: str, invoice_id: str) -> InvoiceSummary:
+async def org_pending(deps: Deps, org_id: str) -> PendingSummary:
+    """Month-to-date spend of one org, read with the client that org uses right now (its
+    own credentials when an admin connected some)."""
+    return await pending(await deps.credentials.client(org_id), org_id)
+
+
+async def invoice(client: AtlasClient, org_id: str, invoice_id: str) -> InvoiceSummary:
     return summarise_invoice(await client.invoice(org_id, invoice_id), org_id)
 
 

@@ -27,7 +27,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot.atlas import AtlasClient
 from bot.core.config import Settings
-from bot.deps import Deps, slack_client
+from bot.deps import Deps
 from bot.render.terminal import mrkdwn_to_text
 from bot.runtime.app import build_app, build_deps
 from bot.runtime.background import Background
@@ -35,7 +35,8 @@ from bot.runtime.jobs import JOBS, Jobs
 from bot.runtime.localserver import LocalServer
 from bot.services.credentials import atlas_client
 from bot.shell.terminal_slack import SHELL_CHANNEL, SHELL_TEAM, SHELL_USER, TerminalSlack
-from storage import Database, cost_queries, links, outbox
+from bot.slack.client import slack_client
+from storage import Database, costs, links, outbox
 
 if TYPE_CHECKING:
     from bot.sandbox import SandboxServer
@@ -199,7 +200,7 @@ async def _read_line(stream: TextIO, prompt: str | None) -> str:
 async def _drain(deps: Deps, echo: Callable[[str], None]) -> None:
     """At the end of scripted input, wait (bounded) for pending queries and queued posts."""
     deadline = time.monotonic() + DRAIN_SECONDS
-    while await deps.db.run(cost_queries.pending_count) or await deps.db.run(outbox.pending_count):
+    while await deps.db.run(costs.pending_count) or await deps.db.run(outbox.pending_count):
         if time.monotonic() > deadline:
             echo("Some Cost Explorer queries are still running; their results are not shown.\n")
             return

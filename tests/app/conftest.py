@@ -11,11 +11,12 @@ import pytest
 
 from bot.atlas import AtlasClient
 from bot.core.config import Settings
-from bot.deps import Deps, slack_client
+from bot.deps import Deps
 from bot.runtime.app import build_app, build_deps
 from bot.runtime.localserver import LocalServer
 from bot.runtime.server import build_asgi
 from bot.sandbox import SandboxServer
+from bot.slack.client import slack_client
 from storage import Database, links
 from tests.fakes import clock
 from tests.fakes.slack import FakeSlack, SlackDriver

@@ -10,8 +10,8 @@ import pytest
 from sqlmodel import select
 
 from bot.core.money import format_cents
-from bot.services import alerts as alert_job
-from bot.slack import outbox as outbox_job
+from bot.services import alerts
+from bot.slack import outbox
 from storage import audit
 from storage.models import Alert, OutboxMessage, Threshold
 from tests.app.conftest import CHANNEL
@@ -90,8 +90,8 @@ async def test_bad_amounts_are_refused(bot, org, text):
 
 
 async def _threshold_run(bot, replica):
-    report = await alert_job.check_thresholds(replica)
-    delivered = await outbox_job.deliver_due(replica)
+    report = await alerts.check_thresholds(replica)
+    delivered = await outbox.deliver_due(replica)
     return report, delivered
 
 
@@ -260,7 +260,7 @@ async def test_snooze_holds_new_alerts_until_it_ends(bot, org):
     assert report.alerts == 1 and delivered.claimed == 0
     assert len(bot.fake.calls_to("chat.postMessage")) == posts
     clock.advance(hours=24, minutes=1)
-    delivered = await outbox_job.deliver_due(replica)
+    delivered = await outbox.deliver_due(replica)
     assert delivered.sent == 1
     assert "reached its" in bot.fake.calls_to("chat.postMessage")[-1]["text"]
     await replica.atlas.aclose()

@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
-from bot.services import alerts as alert_job
-from bot.services import costs, digests
-from bot.slack import outbox as outbox_job
-from storage import audit, schedules, thresholds
+import storage.digests
+from bot.services import alerts, costs, digests
+from bot.slack import outbox
+from storage import audit, thresholds
 from storage.models import ChannelLink, CostQuery, OutboxMessage
 from tests.app.conftest import CHANNEL, OTHER_CHANNEL
 from tests.app.helpers import eventually, replica_with_clock
@@ -43,7 +43,7 @@ def _arm(bot, org_id: str, channel: str = CHANNEL) -> int:
     link = _links(bot)[(channel, org_id)]
     with bot.db.session() as session:
         thresholds.set_threshold(session, link_id=link.id, amount_cents=1000, updated_by="U_ADMIN")
-        schedules.set_schedule(
+        storage.digests.set_schedule(
             session,
             link_id=link.id,
             day="1",
@@ -84,7 +84,7 @@ async def test_the_archive_event_disables_the_channels_links_and_stops_alerts_an
     assert {json.loads(e.detail)["noticed"] for e in entries} == {"channel_archive event"}
 
     replica, _ = replica_with_clock(bot)
-    assert (await alert_job.check_thresholds(replica)).links == 0
+    assert (await alerts.check_thresholds(replica)).links == 0
     assert (await digests.start_due(replica)).due == 0
     with bot.db.session() as session:
         assert session.exec(select(OutboxMessage)).all() == []
@@ -108,7 +108,7 @@ async def test_unarchiving_turns_the_links_back_on_with_their_settings(bot, org)
     [enabled] = _audit(bot, "enable")
     assert json.loads(enabled.detail) == {"org_id": org.id, "reason": "channel unarchived"}
     replica, _ = replica_with_clock(bot)
-    assert (await alert_job.check_thresholds(replica)).alerts == 1  # the threshold was kept
+    assert (await alerts.check_thresholds(replica)).alerts == 1  # the threshold was kept
     assert (await digests.start_due(replica)).started == 1  # the missed digest runs once
     await replica.atlas.aclose()
 
@@ -118,8 +118,8 @@ async def test_an_alert_refused_as_archived_fails_and_disables_the_links(bot, or
     _arm(bot, org.id)
     bot.fake.archive_channel(CHANNEL)
     replica, clock = replica_with_clock(bot)
-    assert (await alert_job.check_thresholds(replica)).alerts == 1
-    report = await outbox_job.deliver_due(replica)
+    assert (await alerts.check_thresholds(replica)).alerts == 1
+    report = await outbox.deliver_due(replica)
     assert (report.failed, report.sent) == (1, 0)
     [message] = _rows_outbox(bot)
     assert message.status == "failed" and "is_archived" in message.last_error
@@ -130,7 +130,7 @@ async def test_an_alert_refused_as_archived_fails_and_disables_the_links(bot, or
     assert len(bot.fake.calls_to("chat.postMessage")) == 1  # tried once, not retried
     assert bot.fake.messages(CHANNEL) == {}
     clock.advance(hours=1)
-    assert (await outbox_job.deliver_due(replica)).claimed == 0
+    assert (await outbox.deliver_due(replica)).claimed == 0
     await replica.atlas.aclose()
 
 

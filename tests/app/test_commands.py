@@ -8,10 +8,11 @@ import json
 import pytest
 from sqlmodel import select
 
+import storage.costs
 from bot.core.money import format_cents
 from bot.sandbox import Fault
 from bot.services import costs
-from storage import audit, cost_queries, links
+from storage import audit, links
 from storage.models import CostQuery, QueryStatus
 from tests.app.conftest import CHANNEL, OTHER_CHANNEL, TEAM
 from tests.app.helpers import replica_with_clock
@@ -239,7 +240,7 @@ async def _start_costs(bot, org, text=f"costs {month(-4)} {month(-1)}"):
 
 def _pending_count(bot) -> int:
     with bot.db.session() as session:
-        return cost_queries.pending_count(session)
+        return storage.costs.pending_count(session)
 
 
 @pytest.mark.dates

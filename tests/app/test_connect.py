@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import inspect, text
 
 from bot.core.secrets import SecretBox
-from handlers.connect import CALLBACK_ID
+from handlers.credentials import CALLBACK_ID
 from storage import audit, credentials
 from tests.app.conftest import CHANNEL, OTHER_CHANNEL, TEAM
 from tests.app.helpers import eventually
@@ -159,7 +159,7 @@ async def test_an_api_key_is_tried_stored_encrypted_and_then_used_for_the_org(
 
     row = stored(bot, org_id)
     assert (row.kind, row.public_id, row.version) == ("api_key", creds.public_key, 1)
-    box = bot.deps.secret_box()
+    box = bot.deps.credentials.box()
     assert row.key_id == box.key_id and box.decrypt(row.ciphertext) == creds.private_key
     posted = await confirmation(bot)
     assert posted["channel"] == CHANNEL
@@ -219,7 +219,8 @@ async def test_a_service_account_is_stored_and_replacing_credentials_takes_effec
     assert request.headers["authorization"].startswith("Bearer ")
     tokens = [r for r in bot.sandbox.state.requests if r.path == TOKEN_PATH]
     assert len(tokens) == 1  # the new version's own client fetched its token
-    assert {key[2] for key in bot.deps.org_clients} == {1, 2}
+    # The replaced version's client is closed and dropped: only version 2's is kept.
+    assert bot.deps.credentials.cached() == {org_id: (row.id, 2)}
 
     for secret in (creds.client_secret, creds.private_key):
         assert_nowhere(secret, bot, caplog, capfd, posted[0]["text"])
@@ -232,7 +233,7 @@ async def test_another_replica_decrypts_them_and_uses_them_for_every_operation(
     assert await submit(bot, view, "api_key", creds.public_key, creds.private_key) == {}
     replica = bot.replica()  # its own Deps: reads the same key file and database
     try:
-        atlas = replica.atlas_for(org_id)
+        atlas = await replica.credentials.client(org_id)
         invoice_id = sandbox.data.org(org_id).latest_closed.id
         sandbox.state.requests.clear()
         assert await atlas.pending_totals(org_id)
@@ -242,8 +243,10 @@ async def test_another_replica_decrypts_them_and_uses_them_for_every_operation(
         answered = [r for r in sandbox.state.requests if r.status != 401]
         assert len(answered) == 3
         assert all(f'username="{creds.public_key}"' in r.headers["authorization"] for r in answered)
-        with pytest.raises(AttributeError):
-            atlas.aclose  # noqa: B018  (the clients belong to Deps)
+        # The org's client is the replica's own pool with other credentials: closing it
+        # leaves the configured client working.
+        await atlas.aclose()
+        assert await replica.atlas.pending_totals(org_id)
     finally:
         await replica.aclose()
 

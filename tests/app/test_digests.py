@@ -9,11 +9,12 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
+import storage.digests
 from bot.core.money import format_cents
 from bot.sandbox import Fault
 from bot.services import costs, digests
-from bot.slack import outbox as outbox_job
-from storage import outbox, schedules
+from bot.slack.outbox import deliver_due, metadata
+from storage import outbox
 from storage.models import CostQuery, DigestSchedule, OutboxMessage
 from tests.app.conftest import CHANNEL
 from tests.app.helpers import replica_with_clock
@@ -47,7 +48,7 @@ async def _drive(replica, clock, rounds=6):
     for _ in range(rounds):
         await digests.start_due(replica)
         await costs.poll_due(replica)
-        await outbox_job.deliver_due(replica)
+        await deliver_due(replica)
         clock.advance(minutes=1)
 
 
@@ -89,7 +90,7 @@ async def test_a_due_schedule_runs_once_even_with_two_replicas_racing(bot, org):
     bot.link(org.id)
     past = now() - timedelta(minutes=5)
     with bot.db.session() as session:
-        schedules.set_schedule(
+        storage.digests.set_schedule(
             session, link_id=1, day="1", hour=9, minute=0, next_run_at=past, updated_by="U"
         )
     first, clock = replica_with_clock(bot)
@@ -153,10 +154,10 @@ async def test_a_post_that_may_have_gone_out_is_found_not_repeated(bot, org):
             session, now=clock(), owner="dead-worker", lease_seconds=60, limit=5
         )
     await bot.deps.slack.chat_postMessage(
-        channel=CHANNEL, text="80% of the threshold", metadata=outbox_job.metadata(row.key)
+        channel=CHANNEL, text="80% of the threshold", metadata=metadata(row.key)
     )  # ...and the worker dies here
     clock.advance(minutes=3)  # the lease runs out
-    report = await outbox_job.deliver_due(replica)
+    report = await deliver_due(replica)
     assert (report.claimed, report.recovered, report.sent) == (1, 1, 0)
     assert len(bot.fake.calls_to("chat.postMessage")) == 1
     [stored] = _rows(bot, OutboxMessage)
@@ -173,12 +174,12 @@ async def test_a_refusal_that_will_not_heal_marks_the_post_failed(bot, org, erro
             session, key="k", team_id="T1", channel_id=CHANNEL, payload={"text": "x"}, now=clock()
         )
     bot.fake.fail_next("chat.postMessage", error=error)
-    report = await outbox_job.deliver_due(replica)
+    report = await deliver_due(replica)
     assert report.failed == 1
     [stored] = _rows(bot, OutboxMessage)
     assert stored.status == "failed" and error in stored.last_error
     clock.advance(hours=1)
-    assert (await outbox_job.deliver_due(replica)).claimed == 0
+    assert (await deliver_due(replica)).claimed == 0
     await replica.atlas.aclose()
 
 
@@ -190,12 +191,12 @@ async def test_a_slack_outage_is_retried_later(bot, org):
             session, key="k", team_id="T1", channel_id=CHANNEL, payload={"text": "x"}, now=clock()
         )
     bot.fake.fail_next("chat.postMessage", status=500, times=10)
-    report = await outbox_job.deliver_due(replica)
+    report = await deliver_due(replica)
     assert report.retried == 1
     bot.fake.reset()
-    assert (await outbox_job.deliver_due(replica)).claimed == 0  # not before its retry time
+    assert (await deliver_due(replica)).claimed == 0  # not before its retry time
     clock.advance(minutes=15)
-    assert (await outbox_job.deliver_due(replica)).sent == 1
+    assert (await deliver_due(replica)).sent == 1
     assert len(bot.fake.calls_to("chat.postMessage")) == 1
     await replica.atlas.aclose()
 
@@ -209,7 +210,7 @@ async def test_an_auth_error_keeps_the_post_for_later(bot, org):
             session, key="k", team_id="T1", channel_id=CHANNEL, payload={"text": "x"}, now=clock()
         )
     bot.fake.fail_next("chat.postMessage", error="invalid_auth")
-    assert (await outbox_job.deliver_due(replica)).retried == 1
+    assert (await deliver_due(replica)).retried == 1
     clock.advance(minutes=15)
-    assert (await outbox_job.deliver_due(replica)).sent == 1
+    assert (await deliver_due(replica)).sent == 1
     await replica.atlas.aclose()

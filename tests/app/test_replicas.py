@@ -20,8 +20,9 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import select
 
+import storage.digests
 from bot.core.schedule import next_run, reported_month
-from storage import channel_config, links, schedules, thresholds
+from storage import channel_config, links, thresholds
 from storage.models import Alert, CostQuery, DigestSchedule, OutboxMessage
 from tests.app.conftest import CHANNEL, OTHER_CHANNEL, TEAM
 from tests.app.test_restart import ServeProcess, _env, _free_port, _wait
@@ -79,7 +80,7 @@ def _seed(db, sandbox, org_ids, channels, *, threshold=True, digest=True) -> See
                     alert_keys.add(f"alert:{link.id}:{period}:100")
                 if digest:
                     day, hour, minute = SCHEDULE
-                    schedules.set_schedule(
+                    storage.digests.set_schedule(
                         session,
                         link_id=link.id,
                         day=day,

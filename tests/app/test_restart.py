@@ -17,8 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+import storage.costs
 from bot.sandbox import Fault
-from storage import cost_queries, links
+from storage import links
 from storage.models import CostQuery
 from tests.app.conftest import CHANNEL, SECRET, TEAM
 from tests.fakes.clock import month, today
@@ -129,7 +130,7 @@ def test_a_killed_server_loses_no_query_and_posts_the_result_once(
         first.kill()
 
     with db.session() as session:
-        assert cost_queries.pending_count(session) == 1  # the query survived the kill
+        assert storage.costs.pending_count(session) == 1  # the query survived the kill
     sandbox.state.cost_polls_before_ready = 0  # Atlas has the result now
 
     second = ServeProcess(env, _free_port(), tmp_path)

@@ -40,9 +40,9 @@ from bot.core.retry_after import MAX_RETRY_AFTER
 from bot.runtime.app import build_app, build_deps
 from bot.runtime.localserver import LocalServer
 from bot.runtime.server import build_asgi
-from bot.services import alerts as alert_job
 from bot.services import costs
-from bot.slack import outbox as outbox_job
+from bot.services.alerts import check_thresholds
+from bot.slack.outbox import LEASE_SECONDS, MAX_ATTEMPTS, backoff, deliver_due
 from storage import Database, audit, links, outbox, thresholds
 from storage.db import make_engine, upgrade
 from storage.models import Alert, ChannelLink, CostQuery, OutboxMessage
@@ -611,14 +611,14 @@ def _outbox_wait(fault: str, method: str, attempts: int) -> float:
     SlackRequestError), else the outbox's backoff."""
     if fault == "429 persistent" and method != UPLOAD:
         return RETRY_AFTER
-    return outbox_job.backoff(attempts)
+    return backoff(attempts)
 
 
 async def _outbox_cell(bot, replica, clock, key, fault, method, cell, applied, chart) -> None:
-    deliver = outbox_job.deliver_due
+    deliver = deliver_due
     # However many attempts for "kept"; once when Slack did post before its 5xx (the retry
     # then finds the message in the history).
-    ticks = outbox_job.MAX_ATTEMPTS + 1 if cell.kind == "kept" and not applied else 1
+    ticks = MAX_ATTEMPTS + 1 if cell.kind == "kept" and not applied else 1
     searched = len(bot.fake.calls_to("conversations.history"))
     _install(bot, fault, method, times=ticks, applied=applied)
     report = await deliver(replica)
@@ -668,8 +668,8 @@ async def _button(bot, org, fault: str, method: str, cell: Cell) -> None:
         )
     replica, _ = replica_with_clock(bot)
     try:
-        assert (await alert_job.check_thresholds(replica)).alerts == 1
-        assert (await outbox_job.deliver_due(replica)).sent == 1
+        assert (await check_thresholds(replica)).alerts == 1
+        assert (await deliver_due(replica)).sent == 1
     finally:
         await replica.atlas.aclose()
     [(ts, alert)] = bot.fake.messages(CHANNEL).items()
@@ -806,15 +806,15 @@ async def test_a_long_retry_after_does_not_make_two_replicas_post_the_same_messa
 
     monkeypatch.setattr(builtin_async_handlers, "asyncio", SimpleNamespace(sleep=sleep))
     try:
-        assert (await outbox_job.deliver_due(first)).retried == 1
+        assert (await deliver_due(first)).retried == 1
         assert slept == []  # not waited for inside the call
-        assert (await outbox_job.deliver_due(second)).claimed == 0  # not before Retry-After
+        assert (await deliver_due(second)).claimed == 0  # not before Retry-After
         clock.advance(seconds=retry_after + 1)
-        assert (await outbox_job.deliver_due(second)).retried == 1  # the second 429
+        assert (await deliver_due(second)).retried == 1  # the second 429
         clock.advance(seconds=retry_after + 1)
-        assert (await outbox_job.deliver_due(first)).sent == 1
-        clock.advance(seconds=outbox_job.LEASE_SECONDS * 2)
-        assert (await outbox_job.deliver_due(second)).claimed == 0
+        assert (await deliver_due(first)).sent == 1
+        clock.advance(seconds=LEASE_SECONDS * 2)
+        assert (await deliver_due(second)).claimed == 0
     finally:
         await first.atlas.aclose()
         await second.atlas.aclose()
@@ -835,12 +835,12 @@ async def test_a_429_with_an_unreadable_retry_after_is_retried_later(bot, org, r
     _enqueue(bot, replica, key, chart=False)
     bot.fake.fail_next("chat.postMessage", status=429, retry_after=retry_after, times=4)
     try:
-        report = await outbox_job.deliver_due(replica)
+        report = await deliver_due(replica)
     finally:
         await replica.atlas.aclose()
     assert report.retried == 1
     row = _message(bot, key)
-    expected = wait if wait is not None else outbox_job.backoff(row.attempts - 1)
+    expected = wait if wait is not None else backoff(row.attempts - 1)
     assert row.status == "pending"
     assert abs((row.not_before - clock()).total_seconds() - expected) < 1
 
@@ -853,13 +853,13 @@ async def test_only_an_unknown_refusal_exhausts_the_outbox_attempts(bot, org, lo
     replica, clock = replica_with_clock(bot)
     key = "alert:1:2026-11:100"
     _enqueue(bot, replica, key, chart=False)
-    bot.fake.fail_next("chat.postMessage", error="fatal_error", times=outbox_job.MAX_ATTEMPTS)
+    bot.fake.fail_next("chat.postMessage", error="fatal_error", times=MAX_ATTEMPTS)
     try:
-        for attempt in range(1, outbox_job.MAX_ATTEMPTS + 1):
-            report = await outbox_job.deliver_due(replica)
-            last = attempt == outbox_job.MAX_ATTEMPTS
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            report = await deliver_due(replica)
+            last = attempt == MAX_ATTEMPTS
             assert (report.claimed, report.failed, report.retried) == (1, last, not last)
-            clock.advance(seconds=outbox_job.backoff(attempt) + 1)
+            clock.advance(seconds=backoff(attempt) + 1)
     finally:
         await replica.atlas.aclose()
     row = _message(bot, key)

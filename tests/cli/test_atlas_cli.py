@@ -31,9 +31,9 @@ import httpx
 import pytest
 
 from bot.core.config import Settings
-from bot.deps import slack_client
 from bot.sandbox import Fault, LoggedRequest, SandboxData, SandboxServer
 from bot.sandbox.data import Invoice, Org
+from bot.slack.client import slack_client
 
 TIMEOUT = 60
 SHELL_TIMEOUT = 120

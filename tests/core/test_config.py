@@ -147,6 +147,7 @@ def test_a_database_url_error_masks_its_password():
 
 def test_the_repr_of_settings_and_deps_never_shows_a_secret(tmp_path):
     from bot.deps import Deps
+    from bot.services.credentials import OrgCredentials
 
     secrets = {
         "SLACK_BOT_TOKEN": "xoxb-1234567890-secret-token",
@@ -156,7 +157,9 @@ def test_the_repr_of_settings_and_deps_never_shows_a_secret(tmp_path):
         "BOT_SECRET_KEY": "x5Nq0c3mB0o3Z3m8yQm5s9c0l1r2Yt6N8aJk4P7wXzE=",
     }
     settings = load_settings(_env_file=None, **secrets)
-    deps = Deps(settings=settings, atlas=None, db=None, slack=None)  # type: ignore[arg-type]
+    credentials = OrgCredentials(settings, None, None)  # type: ignore[arg-type]
+    credentials.box()  # the key loaded, as after the first stored credential was used
+    deps = Deps(settings=settings, atlas=None, db=None, slack=None, credentials=credentials)  # type: ignore[arg-type]
     for shown in (repr(settings), str(settings), repr(deps)):
         for name, value in secrets.items():
             if name == "MONGODB_ATLAS_CLIENT_ID":

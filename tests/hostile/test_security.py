@@ -22,7 +22,7 @@ from bot.runtime.localserver import LocalServer
 from bot.runtime.server import build_asgi
 from bot.sandbox import Fault
 from handlers.commands import WORK_AT_ONCE
-from handlers.connect import CALLBACK_ID, read_form
+from handlers.credentials import CALLBACK_ID, read_form
 from storage import (
     Database,
     alerts,
@@ -462,7 +462,7 @@ async def test_atlas_text_shown_in_a_channel_message_is_escaped(bot, sandbox):
 
 async def test_atlas_text_in_a_failed_digest_notice_is_escaped(bot, sandbox):
     from bot.services import costs
-    from bot.slack import outbox as outbox_job
+    from bot.slack.outbox import deliver_due
     from tests.app.helpers import replica_with_clock
 
     org = sandbox.data.org_ids[0]
@@ -485,7 +485,7 @@ async def test_atlas_text_in_a_failed_digest_notice_is_escaped(bot, sandbox):
     for _ in range(3):
         clock.advance(minutes=5)
         await costs.poll_due(replica)
-        await outbox_job.deliver_due(replica)
+        await deliver_due(replica)
     [notice] = bot.fake.calls_to("chat.postMessage")
     assert "could not be produced" in notice["text"] and "INVALID_QUERY" in notice["text"]
     assert "&lt;!channel&gt;" in notice["text"]

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from bot.atlas import CostResult, CostRow
 from bot.render.chart import HEIGHT_PX, WIDTH_PX, digest_chart_png
-from bot.render.digest import summarise_digest
+from bot.render.digests import summarise_digest
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HEADFUL = {"DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND"}
@@ -78,7 +78,7 @@ def test_drawing_neither_imports_pyplot_nor_needs_a_display():
         "from datetime import date\n"
         "import bot.render.chart as chart\n"
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported with the module'\n"
-        "from bot.render.digest import DigestSummary, Mover\n"
+        "from bot.render.digests import DigestSummary, Mover\n"
         "s = DigestSummary(org_id='o', org_name=None, month=date(2026, 10, 1),\n"
         "    previous_month=date(2026, 9, 1), total_cents=100, previous_cents=50,\n"
         "    change_cents=50, change_percent=None, services=(Mover('x', 100, 50),),\n"

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from bot.atlas import CostResult, CostRow
 from bot.render.blocks import MAX_BLOCKS, SECTION_TEXT_LIMIT
-from bot.render.digest import (
+from bot.render.digests import (
     FIELD_TEXT_LIMIT,
     DigestSummary,
     Mover,

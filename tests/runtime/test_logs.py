@@ -264,12 +264,11 @@ async def test_an_orgs_stored_credentials_are_redacted_once_deps_uses_them(
     stream = configure(settings(), serving=True)
     try:
         log.error("before: %s", secret)
-        await deps.atlas_client(org)  # decrypts the stored secret for the org's client
+        await deps.credentials.client(org)  # decrypts the stored secret for the org's client
         log.error("after: %s", secret)
     finally:
+        await deps.credentials.aclose()
         await deps.atlas.aclose()
-        for client in deps.org_clients.values():
-            await client.aclose()
     before, after = (json.loads(line)["message"] for line in lines(stream))
     assert (before, after) == (f"before: {secret}", f"after: {REDACTED}")
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from sqlmodel import func, select
 
-from storage import alerts, cost_queries, links, outbox, schedules, thresholds
+from storage import alerts, costs, digests, links, outbox, thresholds
 from storage.db import Database
 from storage.models import Alert, ChannelLink, CostQuery, DigestSchedule, OutboxMessage, Threshold
 from tests.storage.conftest import ORG_A, ORG_B, make_link
@@ -18,7 +18,7 @@ def furnish(db: Database, link: ChannelLink, token: str) -> None:
     """A threshold, a schedule, alerts and a digest query for `link`."""
     with db.session() as session:
         thresholds.set_threshold(session, link_id=link.id, amount_cents=1000, updated_by="U")
-        schedules.set_schedule(
+        digests.set_schedule(
             session, link_id=link.id, day="1", hour=9, minute=0, next_run_at=T0, updated_by="U"
         )
         alerts.record_levels(
@@ -30,7 +30,7 @@ def furnish(db: Database, link: ChannelLink, token: str) -> None:
             threshold_cents=1000,
             forecast_cents=1200,
         )
-        cost_queries.add_query(
+        costs.add_query(
             session,
             token=token,
             org_id=link.org_id,
@@ -62,7 +62,7 @@ def test_remove_link_cascades_to_the_links_rows_only(db: Database) -> None:
     furnish(db, doomed, "a" * 64)
     furnish(db, kept, "b" * 64)
     with db.session() as session:
-        chat = cost_queries.add_query(
+        chat = costs.add_query(
             session,
             token="c" * 64,
             org_id=ORG_A,
@@ -84,6 +84,6 @@ def test_remove_link_cascades_to_the_links_rows_only(db: Database) -> None:
     assert counts(db, doomed.id) == dict.fromkeys(full, 0)
     assert counts(db, kept.id) == full
     with db.session() as session:
-        assert cost_queries.get_query(session, id=chat.id) is not None  # not tied to a link
+        assert costs.get_query(session, id=chat.id) is not None  # not tied to a link
         # Outbox messages are not tied to links: one already queued is still posted.
         assert session.exec(select(func.count()).select_from(OutboxMessage)).one() == 1

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, MetaData, inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
-from storage import cost_queries, links, thresholds
+from storage import costs, links, thresholds
 from storage.db import Database, alembic_config, upgrade
 from storage.models import QueryPurpose
 from tests.storage.conftest import ORG_A
@@ -105,7 +105,7 @@ def test_upgrade_from_0001_keeps_the_rows_and_fills_the_defaults(empty: Database
     assert set(inspect(empty.engine).get_table_names()) >= NEW_TABLES
     with empty.session() as session:
         [link] = links.all_links(session)
-        [query] = cost_queries.claim_due(session, now=T0, owner="w1", lease_seconds=60, limit=10)
+        [query] = costs.claim_due(session, now=T0, owner="w1", lease_seconds=60, limit=10)
     assert (link.org_id, link.created_at) == (ORG_A, T0)
     assert (query.token, query.status, query.attempts, query.message_ts) == (
         "a" * 64,
@@ -158,7 +158,7 @@ def test_downgrade_to_0001_and_back(empty: Database) -> None:
     upgrade(empty.engine)
     with empty.session() as session:
         [link] = links.all_links(session)
-        cost_queries.add_query(
+        costs.add_query(
             session,
             token="d" * 64,
             org_id=ORG_A,
@@ -188,5 +188,5 @@ def test_downgrade_to_0001_and_back(empty: Database) -> None:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, SQLModel.metadata) == []
     with empty.session() as session:
-        claimed = cost_queries.claim_due(session, now=T0, owner="w", lease_seconds=1, limit=5)
+        claimed = costs.claim_due(session, now=T0, owner="w", lease_seconds=1, limit=5)
     assert [q.token for q in claimed] == ["a" * 64]

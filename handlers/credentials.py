@@ -24,9 +24,10 @@ from sqlmodel import Session
 from bot.atlas import AtlasError, Forbidden, InvalidInput, NotFound, Unauthorized
 from bot.atlas import validate_org_id as checked_org_id
 from bot.core.secrets import SecretError
-from bot.deps import Deps, atlas_client_with
+from bot.deps import Deps
 from bot.render.blocks import notice
 from bot.render.explain import Refusal, explain
+from bot.services.credentials import credential_auth
 from bot.services.links import is_admin
 from handlers.grammar import Connect
 from handlers.invocation import Invocation
@@ -338,12 +339,9 @@ def register(app: AsyncApp, deps: Deps) -> None:
         if errors:
             await ack(response_action="errors", errors=errors)
             return
-        client = atlas_client_with(
-            deps.settings,
-            kind=form.kind,
-            public_id=form.public_id,
-            secret=form.secret,
-            request_counter=deps.metrics.atlas_requests,
+        # The typed-in credentials, tried over the bot's own connection pool.
+        client = deps.atlas.with_auth(
+            credential_auth(kind=form.kind, public_id=form.public_id, secret=form.secret)
         )
         try:
             try:
@@ -361,7 +359,7 @@ def register(app: AsyncApp, deps: Deps) -> None:
                 await ack(response_action="errors", errors=atlas_errors(exc, target.org_id))
                 return
             try:
-                box = deps.secret_box()
+                box = deps.credentials.box()
                 ciphertext = box.encrypt(form.secret)
                 row = await deps.db.run(
                     _store,

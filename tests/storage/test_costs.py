@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from storage import audit, cost_queries
+from storage import audit, costs
 from storage.db import Database
 from storage.errors import AlreadyExists, StorageError
 from storage.models import CostQuery, QueryPurpose, QueryStatus
@@ -32,19 +32,17 @@ def add(db: Database, *, due: datetime = T0, **overrides) -> CostQuery:
         "now": T0 - timedelta(minutes=1),
     } | overrides
     with db.session() as session:
-        return cost_queries.add_query(session, **fields)
+        return costs.add_query(session, **fields)
 
 
 def claim(db: Database, owner: str, *, now: datetime = T0, lease: float = 60, limit: int = 10):
     with db.session() as session:
-        return cost_queries.claim_due(
-            session, now=now, owner=owner, lease_seconds=lease, limit=limit
-        )
+        return costs.claim_due(session, now=now, owner=owner, lease_seconds=lease, limit=limit)
 
 
 def load(db: Database, query_id: int) -> CostQuery:
     with db.session() as session:
-        query = cost_queries.get_query(session, id=query_id)
+        query = costs.get_query(session, id=query_id)
     assert query is not None
     return query
 
@@ -86,8 +84,8 @@ def test_set_message(db: Database) -> None:
     query = add(db)
     assert query.id is not None
     with db.session() as session:
-        assert cost_queries.set_message(session, id=query.id, message_ts="1700000000.000200")
-        assert not cost_queries.set_message(session, id=query.id + 1000, message_ts="1.2")
+        assert costs.set_message(session, id=query.id, message_ts="1700000000.000200")
+        assert not costs.set_message(session, id=query.id + 1000, message_ts="1.2")
     assert load(db, query.id).message_ts == "1700000000.000200"
 
 
@@ -144,11 +142,11 @@ def test_an_expired_lease_can_be_taken_over(db: Database) -> None:
 
     with db.session() as session:
         # w1 lost the row: it can neither finish nor reschedule it any more.
-        assert not cost_queries.finish(session, id=query.id, owner="w1", status="done")
-        assert not cost_queries.reschedule(
+        assert not costs.finish(session, id=query.id, owner="w1", status="done")
+        assert not costs.reschedule(
             session, id=query.id, owner="w1", next_poll_at=T0 + timedelta(minutes=5)
         )
-        assert cost_queries.finish(session, id=query.id, owner="w2", status="done")
+        assert costs.finish(session, id=query.id, owner="w2", status="done")
 
 
 def test_reschedule_releases_the_lease_and_counts_the_attempt(db: Database) -> None:
@@ -157,7 +155,7 @@ def test_reschedule_releases_the_lease_and_counts_the_attempt(db: Database) -> N
     next_poll = T0 + timedelta(seconds=10)
 
     with db.session() as session:
-        assert cost_queries.reschedule(session, id=query.id, owner="w1", next_poll_at=next_poll)
+        assert costs.reschedule(session, id=query.id, owner="w1", next_poll_at=next_poll)
 
     stored = load(db, query.id)
     assert (stored.attempts, stored.next_poll_at) == (1, next_poll)
@@ -166,14 +164,14 @@ def test_reschedule_releases_the_lease_and_counts_the_attempt(db: Database) -> N
     assert claim(db, "w2", now=next_poll - timedelta(microseconds=1)) == []
     assert [q.id for q in claim(db, "w2", now=next_poll)] == [query.id]
     with db.session() as session:
-        assert cost_queries.reschedule(session, id=query.id, owner="w2", next_poll_at=next_poll)
+        assert costs.reschedule(session, id=query.id, owner="w2", next_poll_at=next_poll)
     assert load(db, query.id).attempts == 2
 
 
 def test_reschedule_needs_the_lease(db: Database) -> None:
     query = add(db)
     with db.session() as session:
-        assert not cost_queries.reschedule(session, id=query.id, owner="w1", next_poll_at=T0)
+        assert not costs.reschedule(session, id=query.id, owner="w1", next_poll_at=T0)
     assert load(db, query.id).attempts == 0
 
 
@@ -184,8 +182,8 @@ def test_finish_succeeds_once(db: Database) -> None:
     finished_at = T0 + timedelta(seconds=3)
 
     with db.session() as session:
-        assert cost_queries.pending_count(session) == 2
-        assert cost_queries.finish(
+        assert costs.pending_count(session) == 2
+        assert costs.finish(
             session,
             id=query.id,
             owner="w1",
@@ -193,9 +191,9 @@ def test_finish_succeeds_once(db: Database) -> None:
             error="boom",
             now=finished_at,
         )
-        assert not cost_queries.finish(session, id=query.id, owner="w1", status="done")
-        assert not cost_queries.finish(session, id=query.id, owner="w2", status="done")
-        assert cost_queries.pending_count(session) == 1
+        assert not costs.finish(session, id=query.id, owner="w1", status="done")
+        assert not costs.finish(session, id=query.id, owner="w2", status="done")
+        assert costs.pending_count(session) == 1
 
     stored = load(db, query.id)
     assert (stored.status, stored.error, stored.finished_at) == ("failed", "boom", finished_at)
@@ -210,10 +208,10 @@ def test_finish_needs_a_final_status(db: Database) -> None:
     claim(db, "w1")
     with db.session() as session:
         with pytest.raises(ValueError):
-            cost_queries.finish(session, id=query.id, owner="w1", status="pending")
+            costs.finish(session, id=query.id, owner="w1", status="pending")
         with pytest.raises(ValueError):
-            cost_queries.finish(session, id=query.id, owner="w1", status="bogus")
-        assert cost_queries.finish(session, id=query.id, owner="w1", status="expired")
+            costs.finish(session, id=query.id, owner="w1", status="bogus")
+        assert costs.finish(session, id=query.id, owner="w1", status="expired")
     assert load(db, query.id).status == "expired"
 
 
@@ -223,7 +221,7 @@ def test_concurrent_finishes_record_one_result(db: Database) -> None:
 
     def finish(_: int) -> bool:
         with db.session() as session:
-            return cost_queries.finish(session, id=query.id, owner="w1", status="done")
+            return costs.finish(session, id=query.id, owner="w1", status="done")
 
     assert sorted(run_together(4, finish)) == [False, False, False, True]
 
@@ -254,8 +252,8 @@ def test_digest_query_fields_are_stored(db: Database) -> None:
         key,
     )
     with db.session() as session:
-        assert cost_queries.digest_query(session, digest_key=key).id == query.id
-        assert cost_queries.digest_query(session, digest_key="digest:0:2025-05") is None
+        assert costs.digest_query(session, digest_key=key).id == query.id
+        assert costs.digest_query(session, digest_key="digest:0:2025-05") is None
 
 
 @pytest.mark.parametrize(
@@ -284,7 +282,7 @@ def test_a_duplicate_digest_key_raises_already_exists_and_keeps_the_transaction(
     with db.session() as session:
         audit.record(session, team_id="T1", channel_id="C1", user_id="U1", action="digest")
         with pytest.raises(AlreadyExists) as info:
-            cost_queries.add_query(
+            costs.add_query(
                 session,
                 token="f" * 64,
                 org_id=ORG,
@@ -297,7 +295,7 @@ def test_a_duplicate_digest_key_raises_already_exists_and_keeps_the_transaction(
                 **digest,
             )
         # The caller's transaction goes on: its earlier and later writes are committed.
-        later = cost_queries.add_query(
+        later = costs.add_query(
             session,
             token="e" * 64,
             org_id=ORG,
@@ -312,9 +310,9 @@ def test_a_duplicate_digest_key_raises_already_exists_and_keeps_the_transaction(
 
     with db.session() as session:
         assert [e.action for e in audit.entries(session)] == ["digest"]
-        assert cost_queries.digest_query(session, digest_key=key).id == first.id
-        assert cost_queries.get_query(session, id=later.id) is not None
-        assert cost_queries.pending_count(session) == 2
+        assert costs.digest_query(session, digest_key=key).id == first.id
+        assert costs.get_query(session, id=later.id) is not None
+        assert costs.pending_count(session) == 2
 
 
 def test_concurrent_starts_of_the_same_digest_store_one_query(db: Database) -> None:
@@ -330,7 +328,7 @@ def test_concurrent_starts_of_the_same_digest_store_one_query(db: Database) -> N
 
     assert sorted(run_together(4, start)) == ["exists", "exists", "exists", "started"]
     with db.session() as session:
-        assert cost_queries.pending_count(session) == 1
+        assert costs.pending_count(session) == 1
 
 
 def test_the_database_checks_the_purpose(db: Database) -> None:

@@ -9,7 +9,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import func, select
 
-from storage import links, schedules
+import storage.digests
+from storage import links
 from storage.db import Database
 from storage.models import DigestSchedule
 from tests.storage.conftest import ORG_A, ORG_B, make_link, run_together
@@ -20,12 +21,14 @@ T0 = datetime(2025, 6, 1, 9, 0, tzinfo=UTC)
 def schedule(db: Database, link_id: int, *, next_run_at: datetime = T0, **fields):
     values = {"day": "1", "hour": 9, "minute": 0, "updated_by": "U1"} | fields
     with db.session() as session:
-        return schedules.set_schedule(session, link_id=link_id, next_run_at=next_run_at, **values)
+        return storage.digests.set_schedule(
+            session, link_id=link_id, next_run_at=next_run_at, **values
+        )
 
 
 def load(db: Database, link_id: int) -> DigestSchedule:
     with db.session() as session:
-        stored = schedules.schedule_for(session, link_id=link_id)
+        stored = storage.digests.schedule_for(session, link_id=link_id)
     assert stored is not None
     return stored
 
@@ -33,7 +36,7 @@ def load(db: Database, link_id: int) -> DigestSchedule:
 def test_set_replace_read_and_clear(db: Database) -> None:
     link = make_link(db)
     with db.session() as session:
-        assert schedules.schedule_for(session, link_id=link.id) is None
+        assert storage.digests.schedule_for(session, link_id=link.id) is None
 
     first = schedule(db, link.id, day="last", hour=17, minute=30, timezone="Europe/Berlin")
     stored = load(db, link.id)
@@ -53,10 +56,10 @@ def test_set_replace_read_and_clear(db: Database) -> None:
     assert stored.next_run_at == T0 + timedelta(days=14)
 
     with db.session() as session:
-        assert schedules.clear_schedule(session, link_id=link.id)
+        assert storage.digests.clear_schedule(session, link_id=link.id)
     with db.session() as session:
-        assert not schedules.clear_schedule(session, link_id=link.id)
-        assert schedules.schedule_for(session, link_id=link.id) is None
+        assert not storage.digests.clear_schedule(session, link_id=link.id)
+        assert storage.digests.schedule_for(session, link_id=link.id) is None
 
 
 @pytest.mark.parametrize(
@@ -105,8 +108,8 @@ def test_schedules_for_channel(db: Database) -> None:
     schedule(db, other.id)
 
     with db.session() as session:
-        rows = schedules.schedules_for_channel(session, team_id="T1", channel_id="C1")
-        none = schedules.schedules_for_channel(session, team_id="T1", channel_id="C3")
+        rows = storage.digests.schedules_for_channel(session, team_id="T1", channel_id="C1")
+        none = storage.digests.schedules_for_channel(session, team_id="T1", channel_id="C3")
     assert [(link.id, s.day) for link, s in rows] == [(b.id, "1"), (a.id, "2")]  # order linked
     assert none == [] and unscheduled.id is not None
 
@@ -122,8 +125,8 @@ def test_due_schedules_oldest_first_with_limit(db: Database) -> None:
     schedule(db, future.id, next_run_at=T0 + timedelta(microseconds=1))
 
     with db.session() as session:
-        due = schedules.due_schedules(session, now=T0, limit=10)
-        two = schedules.due_schedules(session, now=T0, limit=2)
+        due = storage.digests.due_schedules(session, now=T0, limit=10)
+        two = storage.digests.due_schedules(session, now=T0, limit=2)
     assert [link.id for link, _ in due] == [early.id, late.id, exactly.id]
     assert all(s.link_id == link.id for link, s in due)
     assert [link.id for link, _ in two] == [early.id, late.id]
@@ -135,15 +138,17 @@ def test_advance_moves_on_only_from_the_value_seen(db: Database) -> None:
     nxt = T0 + timedelta(days=30)
 
     with db.session() as session:
-        assert not schedules.advance(
+        assert not storage.digests.advance(
             session, schedule_id=sched.id, seen=T0 - timedelta(seconds=1), next_run_at=nxt
         )
-        assert schedules.advance(session, schedule_id=sched.id, seen=T0, next_run_at=nxt)
-        assert not schedules.advance(session, schedule_id=sched.id, seen=T0, next_run_at=nxt)
-        assert not schedules.advance(session, schedule_id=sched.id + 99, seen=nxt, next_run_at=T0)
+        assert storage.digests.advance(session, schedule_id=sched.id, seen=T0, next_run_at=nxt)
+        assert not storage.digests.advance(session, schedule_id=sched.id, seen=T0, next_run_at=nxt)
+        assert not storage.digests.advance(
+            session, schedule_id=sched.id + 99, seen=nxt, next_run_at=T0
+        )
     assert load(db, link.id).next_run_at == nxt
     with db.session() as session:
-        assert schedules.due_schedules(session, now=T0 + timedelta(days=1), limit=10) == []
+        assert storage.digests.due_schedules(session, now=T0 + timedelta(days=1), limit=10) == []
 
 
 @pytest.mark.parametrize(
@@ -165,17 +170,17 @@ def test_a_next_run_at_read_back_compares_equal_in_sql(db: Database, moment: dat
     sched = schedule(db, link.id, next_run_at=moment)
 
     with db.session() as session:  # what the digests job sees
-        [(_, due)] = schedules.due_schedules(session, now=moment, limit=10)
+        [(_, due)] = storage.digests.due_schedules(session, now=moment, limit=10)
     assert due.next_run_at == moment and due.next_run_at.tzinfo is UTC
 
     with db.session() as session:
         off = due.next_run_at + timedelta(microseconds=1)
-        assert not schedules.advance(session, schedule_id=sched.id, seen=off, next_run_at=off)
-        assert schedules.advance(
+        assert not storage.digests.advance(session, schedule_id=sched.id, seen=off, next_run_at=off)
+        assert storage.digests.advance(
             session, schedule_id=sched.id, seen=due.next_run_at, next_run_at=moment
         )  # back to the same value
-        assert schedules.advance(session, schedule_id=sched.id, seen=moment, next_run_at=off)
-        assert schedules.advance(
+        assert storage.digests.advance(session, schedule_id=sched.id, seen=moment, next_run_at=off)
+        assert storage.digests.advance(
             session,
             schedule_id=sched.id,
             seen=off.astimezone(timezone(timedelta(hours=5, minutes=45))),
@@ -188,11 +193,11 @@ def test_concurrent_advances_from_the_same_value_have_one_winner(db: Database, r
     link = make_link(db)
     sched = schedule(db, link.id)
     with db.session() as session:
-        [(_, due)] = schedules.due_schedules(session, now=T0, limit=1)
+        [(_, due)] = storage.digests.due_schedules(session, now=T0, limit=1)
 
     def claim(i: int) -> bool:
         with db.session() as session:
-            return schedules.advance(
+            return storage.digests.advance(
                 session,
                 schedule_id=sched.id,
                 seen=due.next_run_at,
@@ -216,10 +221,10 @@ def test_replicas_running_the_digest_job_start_each_run_once(db: Database) -> No
     def job(i: int) -> list[tuple[int, datetime]]:
         won = []
         with db.session() as session:
-            due = schedules.due_schedules(session, now=T0, limit=100)
+            due = storage.digests.due_schedules(session, now=T0, limit=100)
         for _, sched in due:
             with db.session() as session:
-                if schedules.advance(
+                if storage.digests.advance(
                     session,
                     schedule_id=sched.id,
                     seen=sched.next_run_at,
@@ -234,7 +239,7 @@ def test_replicas_running_the_digest_job_start_each_run_once(db: Database) -> No
     assert sorted(wins) == sorted(set(wins))
     assert sorted(schedule_id for schedule_id, _ in wins) == sorted(ids)
     with db.session() as session:
-        assert schedules.due_schedules(session, now=T0, limit=100) == []
+        assert storage.digests.due_schedules(session, now=T0, limit=100) == []
         assert session.exec(select(func.count()).select_from(DigestSchedule)).one() == 8
 
 
