@@ -2,7 +2,8 @@
 
 Modules: `models` (tables); data access as `fn(session, *, ...)`, never
 committing (the caller owns the transaction): `links`, `channel_config`,
-`thresholds`, `schedules`, `alerts`, `outbox`, `cost_queries`, `audit`; `db`
+`thresholds`, `digests` (schedules), `alerts`, `outbox`, `costs` (Cost Explorer queries),
+`credentials`, `audit`; `db`
 (`Database`, `make_engine`, `upgrade`); `errors` (the `StorageError` tree).
 Imports nothing from `bot` or `handlers`.
 """

@@ -29,8 +29,8 @@ from storage import (
     audit,
     channel_config,
     credentials,
+    digests,
     links,
-    schedules,
     thresholds,
 )
 from tests.app.conftest import CHANNEL, OTHER_CHANNEL, TEAM, bot_settings
@@ -83,7 +83,7 @@ def follow(bot, org_id: str, channel: str) -> None:
         thresholds.set_threshold(
             session, link_id=link_id, amount_cents=123_400, updated_by="U_ADMIN"
         )
-        schedules.set_schedule(
+        digests.set_schedule(
             session,
             link_id=link_id,
             day="1",
@@ -109,7 +109,7 @@ def channel_state(bot, channel: str) -> dict:
         state: dict = {}
         for row in rows:
             threshold = thresholds.threshold_for(session, link_id=row.id)
-            schedule = schedules.schedule_for(session, link_id=row.id)
+            schedule = digests.schedule_for(session, link_id=row.id)
             state[row.org_id] = (
                 threshold.amount_cents if threshold else None,
                 (schedule.day, schedule.hour, schedule.minute, schedule.next_run_at)
