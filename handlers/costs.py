@@ -9,6 +9,7 @@ from handlers.invocation import Invocation
 
 
 async def costs(invocation: Invocation, command: Costs) -> None:
+    """A Cost Explorer query (START/END as YYYY-MM, END exclusive); the result is posted when ready"""
     deps = invocation.deps
     linked = await links.linked_orgs(deps, invocation.team_id, invocation.channel_id)
     org_id = links.choose_org(linked, command.org_id)

@@ -60,6 +60,7 @@ KIND_NAMES = {
 
 
 async def connect(invocation: Invocation, command: Connect) -> None:
+    """Store Atlas credentials for an organization (encrypted, never shown again)"""
     deps = invocation.deps
     if not invocation.trigger_id:
         await invocation.ephemeral("Slack sent no trigger to open the form with; try again.")

@@ -1,8 +1,10 @@
-"""The `/atlas-billing` command grammar: slash-command text in, a typed command or a UsageError out."""
+"""The `/atlas-billing` language: the typed commands, their forms and one parser per sub-command.
+
+The table that ties each sub-command to its forms, parser and handler is `handlers.subcommands`.
+"""
 
 from __future__ import annotations
 
-import difflib
 import re
 import unicodedata
 from collections.abc import Callable
@@ -113,7 +115,7 @@ Command = (
 )
 
 
-# ---- the one table: usage, description and permissions ----------------------------------------
+# ---- forms: usage and permissions -----------------------------------------------------------
 
 
 class Who(StrEnum):
@@ -124,144 +126,29 @@ class Who(StrEnum):
 
 @dataclass(frozen=True)
 class Form:
+    """One way to write a sub-command: its usage line, who may run it, what it parses to."""
+
     usage: str
     who: Who
     command: type
     action: str | None = None  # tells Digest forms apart, whose permissions differ
 
 
-@dataclass(frozen=True)
-class SubCommand:
-    name: str
-    description: str
-    forms: tuple[Form, ...]
+Forms = tuple[Form, ...]
 
-    @property
-    def usage(self) -> str:
-        return " / ".join(form.usage for form in self.forms)
+# A sub-command's parser: its arguments, today (for the rules that depend on it) and its forms
+# (whose usage lines its errors show).
+Parser = Callable[[list[str], date | None, Forms], Command]
 
 
-_BY = "by " + "|".join(GROUP_BY)
-
-SUBCOMMANDS: tuple[SubCommand, ...] = (
-    SubCommand("help", "this list", (Form("help [SUB-COMMAND]", Who.ANYONE, Help),)),
-    SubCommand(
-        "link",
-        "link this channel to an Atlas organization (the bot checks it can read its billing)",
-        (Form("link ORG_ID", Who.ADMINS, Link),),
-    ),
-    SubCommand(
-        "connect",
-        "store Atlas credentials for an organization (encrypted, never shown again)",
-        (Form("connect ORG_ID", Who.ADMINS, Connect),),
-    ),
-    SubCommand(
-        "unlink",
-        "remove the link with its thresholds and schedules",
-        (Form("unlink ORG_ID", Who.ADMINS, Unlink),),
-    ),
-    SubCommand(
-        "status",
-        "this channel's links, thresholds, on-call target and digest schedule",
-        (Form("status", Who.ANYONE, Status),),
-    ),
-    SubCommand(
-        "pending",
-        "month-to-date spend: total and biggest projects and SKUs",
-        (Form("pending [ORG_ID]", Who.LINKED, Pending),),
-    ),
-    SubCommand(
-        "invoice",
-        "an invoice summary, with its CSV uploaded to the channel",
-        (Form("invoice INVOICE_ID [ORG_ID]", Who.LINKED, Invoice),),
-    ),
-    SubCommand(
-        "costs",
-        "a Cost Explorer query (START/END as YYYY-MM, END exclusive); the result is posted when ready",
-        (Form(f"costs START END [{_BY}] [ORG_ID]", Who.LINKED, Costs),),
-    ),
-    SubCommand(
-        "threshold",
-        "alert when the month's spend passes an amount in USD (5000, $5,000, 5000.50)",
-        (
-            Form("threshold AMOUNT [ORG_ID]", Who.ADMINS, Threshold),
-            Form("threshold off [ORG_ID]", Who.ADMINS, Threshold),
-        ),
-    ),
-    SubCommand(
-        "oncall",
-        "who is mentioned in threshold alerts",
-        (
-            Form("oncall @user|@usergroup", Who.ADMINS, OnCall),
-            Form("oncall off", Who.ADMINS, OnCall),
-        ),
-    ),
-    SubCommand(
-        "digest",
-        f"monthly spend summary (default day {DEFAULT_DAY} at {DEFAULT_TIME:%H:%M} UTC; DAY 1–31 or last); "
-        "`now` posts one at once",
-        (
-            Form("digest on [DAY] [HH:MM]", Who.ADMINS, Digest, "on"),
-            Form("digest off", Who.ADMINS, Digest, "off"),
-            Form("digest now [ORG_ID]", Who.LINKED, Digest, "now"),
-        ),
-    ),
-)
-
-_BY_NAME = {sub.name: sub for sub in SUBCOMMANDS}
-NAMES = tuple(_BY_NAME)
+def usage_of(forms: Forms, action: str | None = None) -> str:
+    """The usage line an error shows: every form's, or the one form of `action`."""
+    if action is None:
+        return " / ".join(form.usage for form in forms)
+    return next(form.usage for form in forms if form.action == action)
 
 
-def who_may_run(command: Command) -> Who:
-    """Who may run this command, read from the table."""
-    action = getattr(command, "action", None)
-    for sub in SUBCOMMANDS:
-        for form in sub.forms:
-            if form.command is type(command) and form.action in (None, action):
-                return form.who
-    raise TypeError(f"not a command: {command!r}")
-
-
-def needs_admin(command: Command) -> bool:
-    """The check handlers should use: exact per form (`digest now` is not admin-only)."""
-    return who_may_run(command) is Who.ADMINS
-
-
-# Types with at least one admin-only form. Digest is in it though `digest now` is not, so a
-# handler that tests `type(cmd) in ADMIN_ONLY` refuses too much rather than allows too much.
-ADMIN_ONLY: frozenset[type] = frozenset(
-    form.command for sub in SUBCOMMANDS for form in sub.forms if form.who is Who.ADMINS
-)
-
-
-def usage_lines() -> list[str]:
-    """Every form's usage line, e.g. ``pending [ORG_ID]``."""
-    return [form.usage for sub in SUBCOMMANDS for form in sub.forms]
-
-
-def help_text(topic: str | None = None) -> str:
-    """One line per sub-command (or only `topic`'s), generated from SUBCOMMANDS."""
-    subs = SUBCOMMANDS if topic is None else (_BY_NAME[topic],)
-    lines = [] if topic else ["Usage: `/atlas-billing SUB-COMMAND …`"]
-    for sub in subs:
-        # Only the first form carries the command name: the line stays short enough to read.
-        forms = " / ".join(
-            f"`{'/atlas-billing ' if i == 0 else ''}{form.usage}`"
-            for i, form in enumerate(sub.forms)
-        )
-        lines.append(f"• {forms} — {sub.description} ({_who_text(sub)})")
-    if topic is None:
-        lines.append("ORG_ID is needed only when this channel is linked to more than one org.")
-    return "\n".join(lines)
-
-
-def _who_text(sub: SubCommand) -> str:
-    first = sub.forms[0].who
-    others = [f for f in sub.forms if f.who is not first]
-    if not others:
-        return first.value
-    exceptions = ", ".join(f"`{' '.join(f.usage.split()[:2])}`: {f.who.value}" for f in others)
-    return f"{first.value}; {exceptions}"
+BY_GROUP = "by " + "|".join(GROUP_BY)
 
 
 # ---- parsing ------------------------------------------------------------------------------------
@@ -282,11 +169,11 @@ _DAY = re.compile(r"\d{1,2}", re.ASCII)
 _BLANKS = frozenset("\t\n\r")
 
 
-def parse(text: str, *, today: date | None = None) -> Command:
-    """Parse the text after `/atlas-billing`.
+def tokens(text: str) -> list[str]:
+    """The words of the text after `/atlas-billing`, a Slack entity (`<@U…|name>`) being one.
 
-    `today` enables the date-range rules that depend on it (Cost Explorer's window); without it
-    only the rules that hold on every day are checked.
+    Too long a text, or one hiding control or format characters, is refused here, before any
+    sub-command sees it.
     """
     if len(text) > MAX_TEXT:
         raise UsageError(
@@ -297,78 +184,51 @@ def parse(text: str, *, today: date | None = None) -> Command:
             raise UsageError(
                 f"The command contains a control character (U+{ord(char):04X}); type it as plain text."
             )
-    tokens = _TOKENS.findall(text)
-    if not tokens:
-        return Help()
-    name, args = tokens[0].lower(), tokens[1:]
-    if name not in _PARSERS:
-        raise UsageError(_unknown(name))
-    return _PARSERS[name](args, today)
+    return _TOKENS.findall(text)
 
 
-def _unknown(name: str) -> str:
-    close = difflib.get_close_matches(name, NAMES, n=1)
-    hint = f" Did you mean `{close[0]}`?" if close else ""
-    return (
-        f"Unknown sub-command {_show(name)}.{hint} Sub-commands: {', '.join(NAMES)}; "
-        "`/atlas-billing help` shows how to use them."
-    )
-
-
-def _help(args: list[str], today: date | None) -> Help:
-    if not args:
-        return Help()
-    if len(args) > 1:
-        raise UsageError("`help` takes at most one sub-command name.", _usage("help"))
-    topic = args[0].lower()
-    if topic not in _BY_NAME:
-        raise UsageError(_unknown(topic))
-    return Help(topic)
-
-
-def _org_only(
-    kind: type[Link] | type[Connect] | type[Unlink],
-) -> Callable[[list[str], date | None], Link | Connect | Unlink]:
+def org_only(kind: type[Link] | type[Connect] | type[Unlink]) -> Parser:
+    """The parser of a sub-command whose one argument is an ORG_ID."""
     name = kind.__name__.lower()
 
-    def parse_it(args: list[str], today: date | None) -> Link | Connect | Unlink:
-        usage = _usage(name)
+    def parse_it(args: list[str], today: date | None, forms: Forms) -> Link | Connect | Unlink:
+        usage = usage_of(forms)
         if not args:
             raise UsageError(f"`{name}` needs an ORG_ID.", usage)
         if len(args) > 1:
             if _HEX24.fullmatch("".join(args)):
                 raise UsageError("The ORG_ID has blanks in it; write it as one word.", usage)
-            raise UsageError(_extra(args[1:]), usage)
+            raise UsageError(extra(args[1:]), usage)
         return kind(_hex24(args[0], "organization ID", usage))
 
     return parse_it
 
 
-def _status(args: list[str], today: date | None) -> Status:
+def parse_status(args: list[str], today: date | None, forms: Forms) -> Status:
     if args:
-        raise UsageError(_extra(args), _usage("status"))
+        raise UsageError(extra(args), usage_of(forms))
     return Status()
 
 
-def _pending(args: list[str], today: date | None) -> Pending:
-    usage = _usage("pending")
+def parse_pending(args: list[str], today: date | None, forms: Forms) -> Pending:
+    usage = usage_of(forms)
     if len(args) > 1:
-        raise UsageError(_extra(args[1:]), usage)
+        raise UsageError(extra(args[1:]), usage)
     return Pending(_optional_org(args, usage))
 
 
-def _invoice(args: list[str], today: date | None) -> Invoice:
-    usage = _usage("invoice")
+def parse_invoice(args: list[str], today: date | None, forms: Forms) -> Invoice:
+    usage = usage_of(forms)
     if not args:
         raise UsageError("`invoice` needs an INVOICE_ID.", usage)
     if len(args) > 2:
-        raise UsageError(_extra(args[2:]), usage)
+        raise UsageError(extra(args[2:]), usage)
     invoice_id = _hex24(args[0], "invoice ID", usage)
     return Invoice(invoice_id, _optional_org(args[1:], usage))
 
 
-def _costs(args: list[str], today: date | None) -> Costs:
-    usage = _usage("costs")
+def parse_costs(args: list[str], today: date | None, forms: Forms) -> Costs:
+    usage = usage_of(forms)
     if len(args) < 2:
         raise UsageError("`costs` needs START and END months, like `costs 2024-01 2024-04`.", usage)
     start = _month(args[0], "START", usage)
@@ -387,7 +247,7 @@ def _costs(args: list[str], today: date | None) -> Costs:
                 raise UsageError(f"`by` needs one of {', '.join(GROUP_BY)}.", usage)
             if dim.lower() not in GROUP_BY:
                 raise UsageError(
-                    f"Cannot group by {_show(dim)}; choose one of {', '.join(GROUP_BY)}.", usage
+                    f"Cannot group by {show(dim)}; choose one of {', '.join(GROUP_BY)}.", usage
                 )
             group_by = dim.lower()
         elif word in GROUP_BY:
@@ -395,7 +255,7 @@ def _costs(args: list[str], today: date | None) -> Costs:
         elif org_id is None:
             org_id = _hex24(token, "organization ID", usage)
         else:
-            raise UsageError(_extra([token]), usage)
+            raise UsageError(extra([token]), usage)
     if end <= start:
         raise UsageError(
             f"END ({end.isoformat()}) must be after START ({start.isoformat()}); END is exclusive, "
@@ -426,12 +286,12 @@ def _costs(args: list[str], today: date | None) -> Costs:
     return Costs(start, end, group_by, org_id)
 
 
-def _threshold(args: list[str], today: date | None) -> Threshold:
-    usage = _usage("threshold")
+def parse_threshold(args: list[str], today: date | None, forms: Forms) -> Threshold:
+    usage = usage_of(forms)
     if not args:
         raise UsageError("`threshold` needs an AMOUNT in USD, or `off`.", usage)
     if len(args) > 2:
-        raise UsageError(_extra(args[2:]), usage)
+        raise UsageError(extra(args[2:]), usage)
     org_id = _optional_org(args[1:], usage)
     if args[0].lower() == "off":
         return Threshold(None, org_id)
@@ -444,7 +304,7 @@ def _threshold(args: list[str], today: date | None) -> Threshold:
             if "decimals" in str(error)
             else "is not an amount like 5000, $5,000 or 5000.50"
         )
-        raise UsageError(f"{_show(args[0])} {problem}.", usage) from None
+        raise UsageError(f"{show(args[0])} {problem}.", usage) from None
     amount = format_cents(cents)
     amount = amount if len(amount) <= 40 else amount[:37] + "…"
     if cents <= 0:
@@ -457,8 +317,8 @@ def _threshold(args: list[str], today: date | None) -> Threshold:
     return Threshold(cents, org_id)
 
 
-def _oncall(args: list[str], today: date | None) -> OnCall:
-    usage = _usage("oncall")
+def parse_oncall(args: list[str], today: date | None, forms: Forms) -> OnCall:
+    usage = usage_of(forms)
     if not args:
         raise UsageError("`oncall` needs a user or user group to mention, or `off`.", usage)
     if len(args) > 1:
@@ -471,30 +331,30 @@ def _oncall(args: list[str], today: date | None) -> OnCall:
     if match := _GROUP_MENTION.fullmatch(token) or _GROUP.fullmatch(token):
         return OnCall("usergroup", match.group(match.lastindex or 0))
     raise UsageError(
-        f"{_show(token)} is not a Slack user or user group; mention one (`@alice`, `@oncall-team`) "
+        f"{show(token)} is not a Slack user or user group; mention one (`@alice`, `@oncall-team`) "
         "or give its ID (U…, W… or S…).",
         usage,
     )
 
 
-def _digest(args: list[str], today: date | None) -> Digest:
+def parse_digest(args: list[str], today: date | None, forms: Forms) -> Digest:
     if not args:
-        raise UsageError("`digest` needs `on`, `off` or `now`.", _usage("digest"))
+        raise UsageError("`digest` needs `on`, `off` or `now`.", usage_of(forms))
     action, rest = args[0].lower(), args[1:]
     if action == "off":
         if rest:
-            raise UsageError(_extra(rest), _usage("digest", "off"))
+            raise UsageError(extra(rest), usage_of(forms, "off"))
         return Digest("off")
     if action == "now":
-        usage = _usage("digest", "now")
+        usage = usage_of(forms, "now")
         if len(rest) > 1:
-            raise UsageError(_extra(rest[1:]), usage)
+            raise UsageError(extra(rest[1:]), usage)
         return Digest("now", org_id=_optional_org(rest, usage))
     if action != "on":
         raise UsageError(
-            f"{_show(args[0])} is not a digest action; use `on`, `off` or `now`.", _usage("digest")
+            f"{show(args[0])} is not a digest action; use `on`, `off` or `now`.", usage_of(forms)
         )
-    usage = _usage("digest", "on")
+    usage = usage_of(forms, "on")
     day: int | Literal["last"] | None = None
     at: time | None = None
     # DAY and HH:MM are told apart by the colon, so their order does not matter.
@@ -512,30 +372,7 @@ def _digest(args: list[str], today: date | None) -> Digest:
     )
 
 
-_PARSERS: dict[str, Callable[[list[str], date | None], Command]] = {
-    "help": _help,
-    "link": _org_only(Link),
-    "connect": _org_only(Connect),
-    "unlink": _org_only(Unlink),
-    "status": _status,
-    "pending": _pending,
-    "invoice": _invoice,
-    "costs": _costs,
-    "threshold": _threshold,
-    "oncall": _oncall,
-    "digest": _digest,
-}
-assert set(_PARSERS) == set(NAMES), "every sub-command in the table has a parser"
-
-
 # ---- pieces -------------------------------------------------------------------------------------
-
-
-def _usage(name: str, action: str | None = None) -> str:
-    sub = _BY_NAME[name]
-    if action is None:
-        return sub.usage
-    return next(form.usage for form in sub.forms if form.action == action)
 
 
 def _optional_org(args: list[str], usage: str) -> str | None:
@@ -557,7 +394,7 @@ def _hex24(token: str, what: str, usage: str) -> str:
     else:
         problem = ""
     raise UsageError(
-        f"{_show(token)} is not an {what}{problem}: an {what} is 24 lowercase hex digits, "
+        f"{show(token)} is not an {what}{problem}: an {what} is 24 lowercase hex digits, "
         "like 5f1a2b3c4d5e6f7a8b9c0d1e.",
         usage,
     )
@@ -566,26 +403,26 @@ def _hex24(token: str, what: str, usage: str) -> str:
 def _month(token: str, what: str, usage: str) -> date:
     match = _MONTH.fullmatch(token)
     if match is None:
-        raise UsageError(f"{what} {_show(token)} is not a month like 2024-01 or 2024-01-01.", usage)
+        raise UsageError(f"{what} {show(token)} is not a month like 2024-01 or 2024-01-01.", usage)
     year, month, day = int(match[1]), int(match[2]), match[3]
     if not 1 <= month <= 12 or year < 1:
-        raise UsageError(f"{what} {_show(token)} is not a valid month.", usage)
+        raise UsageError(f"{what} {show(token)} is not a valid month.", usage)
     if day is not None and int(day) != 1:
         try:
             date(year, month, int(day))
         except ValueError:
-            raise UsageError(f"{what} {_show(token)} is not a valid date.", usage) from None
-        raise UsageError(f"{_show(token)} is not a first of month.", usage)
+            raise UsageError(f"{what} {show(token)} is not a valid date.", usage) from None
+        raise UsageError(f"{show(token)} is not a first of month.", usage)
     return date(year, month, 1)
 
 
 def _clock(token: str, usage: str) -> time:
     match = _CLOCK.fullmatch(token)
     if match is None:
-        raise UsageError(f"{_show(token)} is not a time like 09:00 (HH:MM, UTC).", usage)
+        raise UsageError(f"{show(token)} is not a time like 09:00 (HH:MM, UTC).", usage)
     hour, minute = int(match[1]), int(match[2])
     if hour > 23 or minute > 59:
-        raise UsageError(f"{_show(token)} is not a time of day; use 00:00 to 23:59 (UTC).", usage)
+        raise UsageError(f"{show(token)} is not a time of day; use 00:00 to 23:59 (UTC).", usage)
     return time(hour, minute)
 
 
@@ -593,7 +430,7 @@ def _day(token: str, usage: str) -> int | Literal["last"]:
     if token.lower() == "last":
         return "last"
     if not _DAY.fullmatch(token) or not 1 <= int(token) <= 31:
-        raise UsageError(f"{_show(token)} is not a DAY; use 1 to 31, or `last`.", usage)
+        raise UsageError(f"{show(token)} is not a DAY; use 1 to 31, or `last`.", usage)
     return int(token)
 
 
@@ -611,11 +448,12 @@ def _months_between(start: date, end: date) -> int:
     return (end.year - start.year) * 12 + end.month - start.month
 
 
-def _extra(tokens: list[str]) -> str:
-    return f"Unexpected {' '.join(_show(t) for t in tokens[:3])}{' …' if len(tokens) > 3 else ''}."
+def extra(tokens: list[str]) -> str:
+    """The error for words a form has no place for."""
+    return f"Unexpected {' '.join(show(t) for t in tokens[:3])}{' …' if len(tokens) > 3 else ''}."
 
 
-def _show(token: str) -> str:
-    # Quoted and cut short: the user's own words come back to them inside our sentence.
+def show(token: str) -> str:
+    """The user's own word, quoted and cut short, to come back to them inside our sentence."""
     text = token if len(token) <= 40 else token[:37] + "…"
     return f"'{text}'"

@@ -17,6 +17,7 @@ from handlers.invocation import Invocation
 
 
 async def link(invocation: Invocation, command: Link) -> None:
+    """Link this channel to an Atlas organization (the bot checks it can read its billing)"""
     outcome = await links.link(
         invocation.deps,
         team_id=invocation.team_id,
@@ -40,6 +41,7 @@ async def link(invocation: Invocation, command: Link) -> None:
 
 
 async def unlink(invocation: Invocation, command: Unlink) -> None:
+    """Remove the link with its thresholds and schedules"""
     removed = await links.unlink(
         invocation.deps,
         team_id=invocation.team_id,
@@ -58,6 +60,7 @@ async def unlink(invocation: Invocation, command: Unlink) -> None:
 
 
 async def status(invocation: Invocation, command: Status) -> None:
+    """This channel's links, thresholds, on-call target and digest schedule"""
     state = await settings.state(
         invocation.deps, team_id=invocation.team_id, channel_id=invocation.channel_id
     )

@@ -16,6 +16,7 @@ def _when(moment: datetime) -> str:
 
 
 async def threshold(invocation: Invocation, command: Threshold) -> None:
+    """Alert when the month's spend passes an amount in USD (5000, $5,000, 5000.50)"""
     org_id, changed = await settings.set_threshold(
         invocation.deps,
         team_id=invocation.team_id,
@@ -39,6 +40,7 @@ async def threshold(invocation: Invocation, command: Threshold) -> None:
 
 
 async def oncall(invocation: Invocation, command: OnCall) -> None:
+    """Who is mentioned in threshold alerts"""
     await settings.set_oncall(
         invocation.deps,
         team_id=invocation.team_id,
@@ -56,6 +58,7 @@ async def oncall(invocation: Invocation, command: OnCall) -> None:
 
 
 async def digest(invocation: Invocation, command: Digest) -> None:
+    """Monthly spend summary (default day 1 at 09:00 UTC; DAY 1–31 or last); `now` posts one at once"""
     deps = invocation.deps
     if command.action == "now":
         link = await settings.link_for(

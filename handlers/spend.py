@@ -18,6 +18,7 @@ from handlers.invocation import Invocation
 
 
 async def pending(invocation: Invocation, command: Pending) -> None:
+    """Month-to-date spend: total and biggest projects and SKUs"""
     deps = invocation.deps
     linked = await links.linked_orgs(deps, invocation.team_id, invocation.channel_id)
     orgs = links.choose_orgs(linked, command.org_id)
@@ -28,7 +29,10 @@ async def pending(invocation: Invocation, command: Pending) -> None:
 
 
 async def invoice(invocation: Invocation, command: Invoice) -> None:
-    """The summary for everyone, then the CSV as a file (streamed to disk, never held whole)."""
+    """An invoice summary, with its CSV uploaded to the channel
+
+    The summary for everyone, then the CSV as a file (streamed to disk, never held whole).
+    """
     deps = invocation.deps
     linked = await links.linked_orgs(deps, invocation.team_id, invocation.channel_id)
     org_id = links.choose_org(linked, command.org_id)

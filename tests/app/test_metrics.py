@@ -16,7 +16,7 @@ from bot.deps import Deps
 from bot.runtime.app import build_deps
 from bot.services import alerts, costs
 from bot.slack import outbox
-from handlers.grammar import NAMES
+from handlers.subcommands import NAMES
 from tests.fakes.clock import Clock
 
 # The alert counted needs month-to-date spend to cross: the 15th of TODAY's month has some.

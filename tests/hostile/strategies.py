@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from handlers.grammar import GROUP_BY, NAMES
+from handlers.grammar import GROUP_BY
+from handlers.subcommands import NAMES
 
 HEX = "0123456789abcdef"
 

@@ -1,4 +1,4 @@
-"""`handlers.grammar.parse` on hostile text: a command or a UsageError, never anything else, and
+"""`handlers.subcommands.parse` on hostile text: a command or a UsageError, never anything else, and
 every ID it lets through is exactly 24 lowercase hex digits."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from handlers import grammar
+from handlers import grammar, subcommands
 from tests.hostile.strategies import command_texts
 
 HEX24 = re.compile(r"[a-f0-9]{24}")
@@ -55,7 +55,7 @@ def check_command(command: grammar.Command) -> None:
             assert isinstance(value, str) and HEX24.fullmatch(value), command
     match command:
         case grammar.Help(topic=topic):
-            assert topic is None or topic in grammar.NAMES
+            assert topic is None or topic in subcommands.NAMES
         case grammar.Costs(start=start, end=end, group_by=group_by):
             assert start.day == 1 and end.day == 1 and start < end
             months = (end.year - start.year) * 12 + end.month - start.month
@@ -91,7 +91,7 @@ def check_usage_error(error: grammar.UsageError) -> None:
 @given(text=texts, today=todays)
 def test_parse_returns_a_command_or_raises_usage_error(text, today):
     try:
-        command = grammar.parse(text, today=today)
+        command = subcommands.parse(text, today=today)
     except grammar.UsageError as error:
         event("UsageError")
         check_usage_error(error)
@@ -118,7 +118,7 @@ def test_known_path_tricks_are_usage_errors():
         f"costs 2024-01 2024-02 {org}#x",
     ):
         try:
-            command = grammar.parse(text)
+            command = subcommands.parse(text)
         except grammar.UsageError:
             continue
         raise AssertionError(f"{text!r} parsed as {command!r}")
@@ -136,5 +136,5 @@ def test_known_path_tricks_are_usage_errors():
 def test_usage_errors_quote_the_input_cut_short(text):
     # Every other error quotes at most three tokens of 40 characters (_show, _extra).
     with pytest.raises(grammar.UsageError) as caught:
-        grammar.parse(text)
+        subcommands.parse(text)
     assert len(str(caught.value)) <= 600, len(str(caught.value))
