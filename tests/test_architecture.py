@@ -41,16 +41,9 @@ FORBIDDEN = {
 for room in ALL_ROOMS - ENTRY_POINTS - {"handlers"}:
     FORBIDDEN.setdefault(room, set()).add("handlers")
 
-# Imports that run the wrong way today, each to go: `connect` still validates, stores and
-# audits in the handler (it is reworked with the modal-first flow). The test fails on any
-# other, and on one that is gone.
-KNOWN = {
-    ("handlers.credentials", "storage.StorageError"),
-    ("handlers.credentials", "storage.audit"),
-    ("handlers.credentials", "storage.credentials"),
-    ("handlers.credentials", "storage.links"),
-    ("handlers.credentials", "storage.models"),
-}
+# Imports that run the wrong way today, each to go. The test fails on any other, and on one
+# that is gone.
+KNOWN: set[tuple[str, str]] = set()
 # The storage exception tree is what the rest of the bot may catch (storage/errors.py),
 # and rendering a failure names it.
 ALLOWED = {("bot.render.explain", "storage.StorageError")}

@@ -6,12 +6,19 @@
 - ``OrgCredentials``: the client each org uses right now (its stored credentials, decrypted
   with the bot's key, else the configured client), sharing one connection pool; a replaced
   or removed credential's client is closed and dropped at the next look-up.
+- ``problems``, ``connect_from``, ``try_on_atlas``, ``store``: the steps of ``connect``: the
+  typed-in credentials' form, where the org may be connected from, a trial on Atlas, and the
+  encrypted write with its audit entry. The secret is never echoed, logged or audited.
 - ``rotate``: re-encrypts every stored credential under a new key (``secrets rotate``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -28,6 +35,9 @@ from bot.core.secrets import (
 )
 
 if TYPE_CHECKING:
+    from sqlmodel import Session
+
+    from bot.deps import Deps
     from storage import Database
     from storage.models import OrgCredential
 
@@ -134,6 +144,189 @@ class OrgCredentials:
         self._clients.clear()
         for client in clients:
             await client.aclose()
+
+
+# ---- connect ORG_ID ---------------------------------------------------------------------------
+
+# Slack closes the modal with an error unless the submission is answered within 3 seconds;
+# the Atlas check gets most of that.
+CHECK_SECONDS = 2.0
+
+# By `storage.models.CredentialKind` (its values, so the `atlas` CLI need not load the database).
+KIND_NAMES = {"service_account": "a service account", "api_key": "an API key"}
+
+_SA_CLIENT_ID = re.compile(r"mdb_sa_id_[0-9a-f]{24}")
+_SA_SECRET = re.compile(r"[\x21-\x7e]{16,256}")  # printable ASCII, no blanks
+_PUBLIC_KEY = re.compile(r"[a-z]{8}")
+_PRIVATE_KEY = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+
+
+class Field(StrEnum):
+    """The parts of a set of credentials a person types in (the modal's fields are named so)."""
+
+    KIND = "kind"
+    PUBLIC_ID = "public_id"
+    SECRET = "secret"
+
+
+@dataclass(frozen=True)
+class TypedCredentials:
+    """Credentials as a person typed them in, not yet checked."""
+
+    kind: str
+    public_id: str
+    secret: str
+
+    def __repr__(self) -> str:  # never print the secret, even in a traceback's locals
+        return (
+            f"TypedCredentials(kind={self.kind!r}, public_id={self.public_id!r}, secret=<hidden>)"
+        )
+
+
+def problems(typed: TypedCredentials) -> dict[Field, str]:
+    """What is wrong with the form of typed-in credentials, by field; empty when all is well.
+
+    The messages describe the expected form and never repeat what was typed.
+    """
+    errors: dict[Field, str] = {}
+    if typed.kind not in KIND_NAMES:
+        errors[Field.KIND] = "Choose a service account or an API key pair."
+        return errors
+    if typed.kind == "service_account":
+        if not typed.public_id:
+            errors[Field.PUBLIC_ID] = "Enter the service account's client ID."
+        elif _PUBLIC_KEY.fullmatch(typed.public_id):
+            errors[Field.PUBLIC_ID] = (
+                "This looks like an API public key: choose “API key pair” above, "
+                "or enter the service account's client ID (mdb_sa_id_…)."
+            )
+        elif not _SA_CLIENT_ID.fullmatch(typed.public_id):
+            errors[Field.PUBLIC_ID] = (
+                "A service account client ID is mdb_sa_id_ followed by 24 hex digits."
+            )
+        if not typed.secret:
+            errors[Field.SECRET] = "Enter the service account's client secret."
+        elif not _SA_SECRET.fullmatch(typed.secret):
+            errors[Field.SECRET] = (
+                "A client secret is 16 to 256 characters without blanks; copy it again from Atlas."
+            )
+    else:
+        if not typed.public_id:
+            errors[Field.PUBLIC_ID] = "Enter the API public key."
+        elif _SA_CLIENT_ID.fullmatch(typed.public_id):
+            errors[Field.PUBLIC_ID] = (
+                "This looks like a service account client ID: choose “Service account” above, "
+                "or enter the API public key (8 lowercase letters)."
+            )
+        elif not _PUBLIC_KEY.fullmatch(typed.public_id):
+            errors[Field.PUBLIC_ID] = "An API public key is 8 lowercase letters, such as abcdwxyz."
+        if not typed.secret:
+            errors[Field.SECRET] = "Enter the API private key."
+        elif not _PRIVATE_KEY.fullmatch(typed.secret):
+            errors[Field.SECRET] = (
+                "An API private key is a UUID such as 01234567-89ab-cdef-0123-456789abcdef."
+            )
+    return errors
+
+
+async def connect_from(
+    deps: Deps, *, org_id: str, team_id: str, channel_id: str
+) -> OrgCredential | None:
+    """The org's current credentials, if any, when this channel may connect it.
+
+    The credentials serve every channel that follows the org: only one of those channels (or
+    any, before the org is linked anywhere) may replace them; others get a ``Refusal``.
+    """
+    from bot.render.explain import Refusal
+    from storage import credentials, links
+
+    linking = await deps.db.run(links.channels_linking, org_id=org_id)
+    if linking and (team_id, channel_id) not in linking:
+        raise Refusal(
+            f"Org `{org_id}` is followed by other channels, not this one: connect it "
+            "from one of them."
+        )
+    return await deps.db.run(credentials.get_credential, org_id=org_id)
+
+
+async def try_on_atlas(deps: Deps, org_id: str, typed: TypedCredentials) -> None:
+    """Read the org's billing with the typed-in credentials, over the bot's own pool.
+
+    Raises ``AtlasError`` when Atlas refuses them and ``TimeoutError`` after ``CHECK_SECONDS``.
+    """
+    client = deps.atlas.with_auth(
+        credential_auth(kind=typed.kind, public_id=typed.public_id, secret=typed.secret)
+    )
+    try:
+        async with asyncio.timeout(CHECK_SECONDS):
+            await client.pending_invoices(org_id)
+    finally:
+        await client.aclose()
+
+
+async def store(
+    deps: Deps,
+    *,
+    org_id: str,
+    team_id: str,
+    channel_id: str,
+    user_id: str,
+    typed: TypedCredentials,
+) -> OrgCredential:
+    """Encrypt the secret and store the credentials with their audit entry, in one transaction.
+
+    Raises ``SecretError`` when the bot's key is unusable and ``StorageError`` when the
+    database refuses; nothing is stored then.
+    """
+    box = deps.credentials.box()
+    ciphertext = box.encrypt(typed.secret)
+    row = await deps.db.run(
+        _store_and_audit,
+        org_id=org_id,
+        team_id=team_id,
+        channel_id=channel_id,
+        user_id=user_id,
+        kind=typed.kind,
+        public_id=typed.public_id,
+        ciphertext=ciphertext,
+        key_id=box.key_id,
+    )
+    log.info("%s stored %s credentials for Atlas org %s", user_id, typed.kind, org_id)
+    return row
+
+
+def _store_and_audit(
+    session: Session,
+    *,
+    org_id: str,
+    team_id: str,
+    channel_id: str,
+    user_id: str,
+    kind: str,
+    public_id: str,
+    ciphertext: bytes,
+    key_id: str,
+) -> OrgCredential:
+    from storage import audit, credentials
+
+    row = credentials.set_credential(
+        session,
+        org_id=org_id,
+        kind=kind,
+        public_id=public_id,
+        ciphertext=ciphertext,
+        key_id=key_id,
+        updated_by=user_id,
+    )
+    audit.record(
+        session,
+        team_id=team_id,
+        channel_id=channel_id,
+        user_id=user_id,
+        action="connect",
+        detail={"org_id": org_id, "kind": kind, "public_id": public_id, "version": row.version},
+    )
+    return row
 
 
 def atlas_client(settings: Settings, **options: Any) -> AtlasClient:

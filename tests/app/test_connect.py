@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import inspect, text
 
 from bot.core.secrets import SecretBox
-from handlers.credentials import CALLBACK_ID
+from bot.render.credentials import CALLBACK_ID
 from storage import audit, credentials
 from tests.app.conftest import CHANNEL, OTHER_CHANNEL, TEAM
 from tests.app.helpers import eventually

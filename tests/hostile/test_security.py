@@ -17,12 +17,13 @@ import pytest
 
 from bot.core.config import Settings
 from bot.core.secrets import KEY_FILE_NAME, load_or_create_key
+from bot.render.credentials import CALLBACK_ID
 from bot.runtime.app import build_app, build_deps
 from bot.runtime.localserver import LocalServer
 from bot.runtime.server import build_asgi
 from bot.sandbox import Fault
 from handlers.commands import WORK_AT_ONCE
-from handlers.credentials import CALLBACK_ID, read_form
+from handlers.credentials import read_form
 from storage import (
     Database,
     alerts,

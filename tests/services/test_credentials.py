@@ -10,7 +10,14 @@ from cryptography.fernet import Fernet
 from bot.atlas import AtlasClient
 from bot.core.config import Settings
 from bot.sandbox import OAUTH_REVOKE, OAUTH_TOKEN, SandboxServer
-from bot.services.credentials import OrgCredentials, UnreadableCredentials
+from bot.services.credentials import (
+    KIND_NAMES,
+    Field,
+    OrgCredentials,
+    TypedCredentials,
+    UnreadableCredentials,
+    problems,
+)
 from storage import Database, credentials
 
 KEY = Fernet.generate_key().decode()
@@ -102,3 +109,42 @@ async def test_credentials_sealed_with_another_key_are_one_readable_error(base, 
     _store(stored_with, db, org_id, "api_key", "abcdefgh", "a-private-key-0123")
     with pytest.raises(UnreadableCredentials, match="encrypted with another key"):
         await _org_credentials(base, db).client(org_id)
+
+
+# ---- the form of typed-in credentials (connect) -----------------------------------------------
+
+SA_ID = "mdb_sa_id_" + "a1" * 12
+API_PRIVATE = "01234567-89ab-cdef-0123-456789abcdef"
+
+
+def test_kind_names_cover_exactly_the_stored_kinds() -> None:
+    from storage.models import CredentialKind
+
+    assert set(KIND_NAMES) == {kind.value for kind in CredentialKind}
+
+
+@pytest.mark.parametrize(
+    ("typed", "fields"),
+    [
+        (TypedCredentials("service_account", SA_ID, "s" * 16), set()),
+        (TypedCredentials("api_key", "abcdwxyz", API_PRIVATE), set()),
+        (TypedCredentials("", SA_ID, "s" * 16), {Field.KIND}),
+        (
+            TypedCredentials("service_account", "abcdwxyz", "s" * 15),
+            {Field.PUBLIC_ID, Field.SECRET},
+        ),
+        (TypedCredentials("api_key", SA_ID, "not-a-uuid"), {Field.PUBLIC_ID, Field.SECRET}),
+        (TypedCredentials("api_key", "", ""), {Field.PUBLIC_ID, Field.SECRET}),
+    ],
+)
+def test_problems_name_the_fields_to_fix(typed: TypedCredentials, fields: set[Field]) -> None:
+    found = problems(typed)
+    assert set(found) == fields
+    for text in found.values():  # what was typed never comes back
+        assert typed.secret not in text or not typed.secret
+        assert SA_ID not in text
+
+
+def test_typed_credentials_never_show_their_secret() -> None:
+    typed = TypedCredentials("api_key", "abcdwxyz", API_PRIVATE)
+    assert API_PRIVATE not in repr(typed) and API_PRIVATE not in str(typed)
