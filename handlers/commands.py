@@ -69,7 +69,7 @@ def register(app: AsyncApp, deps: Deps) -> None:
         try:
             async with gate:
                 if subcommands.needs_admin(parsed):
-                    await require_admin(deps, invocation.user_id, "change this")
+                    await require_admin(deps, invocation.user_id, invocation.team_id, "change this")
                 assert sub.handler is not None, "only `help` has no handler; it is answered above"
                 await sub.handler(invocation, parsed)
             outcome = "ok"

@@ -26,7 +26,7 @@ from bot.render import credentials as render
 from bot.render.explain import EXPLAINED, explain
 from bot.services import credentials
 from bot.services.credentials import Field, TypedCredentials
-from bot.services.links import is_admin
+from bot.services.links import admin_check, admin_refusal
 from handlers.grammar import Connect
 from handlers.invocation import Invocation
 
@@ -113,12 +113,12 @@ def register(app: AsyncApp, deps: Deps) -> None:
             await refuse(ack, {Field.PUBLIC_ID: render.OUT_OF_DATE})
             return
         try:
-            admin = await is_admin(deps, user_id)
+            check = await admin_check(deps, user_id, team_id)
         except SlackApiError as exc:
             await refuse(ack, {Field.PUBLIC_ID: explain(exc)})
             return
-        if not admin:
-            await refuse(ack, {Field.PUBLIC_ID: render.NOT_ADMIN})
+        if check != "admin":
+            await refuse(ack, {Field.PUBLIC_ID: admin_refusal(check, "connect Atlas credentials")})
             return
         typed = read_form((view.get("state") or {}).get("values") or {})
         problems = credentials.problems(typed)

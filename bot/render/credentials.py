@@ -20,10 +20,6 @@ CALLBACK_ID = "connect_org"
 ACTION = "value"
 
 OUT_OF_DATE = "This form is out of date: run `/atlas-billing connect` again."
-NOT_ADMIN = (
-    "Only workspace admins and owners (and the bot's configured admins) can connect Atlas "
-    "credentials."
-)
 NO_TRIGGER = "Slack sent no trigger to open the form with; try again."
 TIMED_OUT = (
     f"Atlas did not answer within {CHECK_SECONDS:.0f} seconds; nothing was stored. Try again."

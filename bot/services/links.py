@@ -28,20 +28,45 @@ SLACK = "slack"
 LinkOutcome = Literal["created", "enabled", "exists"]
 
 
-async def is_admin(deps: Deps, user_id: str) -> bool:
-    """Workspace admins and owners (from ``users.info``) and the IDs in ``BOT_ADMINS``."""
+AdminCheck = Literal["admin", "not_admin", "external"]
+
+
+async def admin_check(deps: Deps, user_id: str, team_id: str) -> AdminCheck:
+    """Whether the user may change this workspace's billing links and settings.
+
+    Admins and owners of *this* workspace (``team_id``, where the command or form came from)
+    and the IDs in ``BOT_ADMINS``. In a Slack Connect channel the caller may belong to another
+    organisation: ``users.info`` then names their own ``team_id`` (or ``is_stranger``), and
+    their ``is_admin`` speaks for that organisation, not this one, so it is never trusted
+    (https://api.slack.com/apis/channels-between-orgs: "users originating from other teams";
+    https://api.slack.com/types/user: ``is_stranger``). Guests are never admins.
+    """
     if user_id in deps.settings.BOT_ADMINS:
-        return True
+        return "admin"
     response = await deps.slack.users_info(user=user_id)
     user = response.get("user") or {}
-    return bool(user.get("is_admin") or user.get("is_owner") or user.get("is_primary_owner"))
+    if user.get("is_stranger") or (team_id and user.get("team_id") != team_id):
+        return "external"
+    if user.get("is_restricted") or user.get("is_ultra_restricted"):
+        return "not_admin"
+    admin = user.get("is_admin") or user.get("is_owner") or user.get("is_primary_owner")
+    return "admin" if admin else "not_admin"
 
 
-async def require_admin(deps: Deps, user_id: str, what: str) -> None:
-    if not await is_admin(deps, user_id):
-        raise Refusal(
-            f"Only workspace admins and owners (and the bot's configured admins) can {what}."
+def admin_refusal(check: AdminCheck, what: str) -> str:
+    """Why someone who is not this workspace's admin may not do ``what``."""
+    if check == "external":
+        return (
+            f"Only admins of this workspace can {what}; you are a member of another "
+            "organization in this shared channel (Slack Connect)."
         )
+    return f"Only workspace admins and owners (and the bot's configured admins) can {what}."
+
+
+async def require_admin(deps: Deps, user_id: str, team_id: str, what: str) -> None:
+    check = await admin_check(deps, user_id, team_id)
+    if check != "admin":
+        raise Refusal(admin_refusal(check, what))
 
 
 async def linked_orgs(deps: Deps, team_id: str, channel_id: str) -> list[str]:

@@ -100,7 +100,15 @@ class TerminalSlack:
             case "users.info":
                 user = params.get("user", SHELL_USER)
                 # The person at the terminal administers their own shell workspace.
-                result = {"user": {"id": user, "name": "you", "is_admin": True, "is_owner": True}}
+                result = {
+                    "user": {
+                        "id": user,
+                        "team_id": SHELL_TEAM,
+                        "name": "you",
+                        "is_admin": True,
+                        "is_owner": True,
+                    }
+                }
             case "conversations.info":
                 result = {"channel": {"id": channel, "name": "shell", "is_archived": False}}
             case "files.getUploadURLExternal":

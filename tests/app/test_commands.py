@@ -122,6 +122,37 @@ async def test_non_admin_cannot_link(bot, org):
     assert bot.atlas_requests() == []
 
 
+@pytest.mark.parametrize(
+    "external",
+    [
+        {"team_id": "T_PARTNER", "is_admin": True, "is_owner": True},  # a partner's owner
+        {"is_stranger": True, "is_admin": True},
+    ],
+    ids=["other-team-admin", "stranger"],
+)
+async def test_an_admin_of_another_organisation_in_a_shared_channel_changes_nothing(
+    bot, org, external
+):
+    """Slack Connect: their is_admin is their own organisation's, not this workspace's."""
+    bot.fake.add_user("U_PARTNER", **external)
+    for i, text in enumerate((f"link {org.id}", "threshold 5", "oncall off", "digest off")):
+        await bot.command(text, user_id="U_PARTNER")
+        responses = await bot.fake.wait_for_async(lambda: bot.fake.responses[i:])  # noqa: B023
+        answer = responses[0].body["text"]
+        assert "another organization" in answer and "Slack Connect" in answer, answer
+    assert _links(bot) == []
+    assert bot.atlas_requests() == []
+    with bot.db.session() as session:
+        assert audit.entries(session) == []
+
+
+async def test_a_guest_is_never_an_admin(bot, org):
+    bot.fake.add_user("U_GUEST", is_admin=True, is_restricted=True)
+    await bot.command(f"link {org.id}", user_id="U_GUEST")
+    assert "Only workspace admins" in await _ephemeral(bot)
+    assert _links(bot) == []
+
+
 async def test_link_reports_the_atlas_error_and_stores_nothing(bot, org):
     bot.sandbox.state.add_fault(
         Fault(

@@ -359,3 +359,15 @@ async def test_credentials_under_another_key_give_a_clear_error_not_a_traceback(
     assert bot.sandbox.state.requests_for(PENDING, org_id) == []
     assert "Traceback" not in caplog.text
     assert creds.private_key not in caplog.text + reply
+
+
+async def test_a_submission_by_an_admin_of_another_organisation_is_refused(bot, org_id, creds):
+    """Slack Connect: a partner's owner, in a shared channel, cannot replace this org's keys."""
+    bot.fake.add_user("U_PARTNER", team_id="T_PARTNER", is_admin=True, is_owner=True)
+    view = await open_modal(bot, org_id)
+    answer = await submit(
+        bot, view, "api_key", creds.public_key, creds.private_key, user="U_PARTNER"
+    )
+    assert "another organization" in answer["errors"]["public_id"]
+    assert bot.atlas_requests() == []
+    assert stored(bot, org_id) is None

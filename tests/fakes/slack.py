@@ -174,10 +174,18 @@ class FakeSlack:
         deleted: bool = False,
         name: str | None = None,
         tz: str = "UTC",
+        team_id: str = TEAM_ID,
+        is_stranger: bool = False,
+        is_restricted: bool = False,
     ) -> dict[str, Any]:
+        """A user ``users.info`` knows. Slack Connect: a member of another organisation in a
+        shared channel has their own ``team_id``, and their ``is_admin``/``is_owner`` are
+        those of their own organisation (https://api.slack.com/apis/channels-between-orgs);
+        ``is_stranger`` marks one the app sees through no shared channel
+        (https://api.slack.com/types/user). ``is_restricted``: a guest."""
         user = {
             "id": user_id,
-            "team_id": TEAM_ID,
+            "team_id": team_id,
             "name": name or user_id.lower(),
             "real_name": (name or user_id).title(),
             "deleted": deleted,
@@ -185,9 +193,13 @@ class FakeSlack:
             "is_owner": is_owner,
             "is_primary_owner": is_primary_owner,
             "is_bot": is_bot,
+            "is_restricted": is_restricted,
+            "is_ultra_restricted": False,
             "tz": tz,
             "profile": {"display_name": name or user_id.lower()},
         }
+        if is_stranger:
+            user["is_stranger"] = True
         with self._cond:
             self._users[user_id] = user
         return user
