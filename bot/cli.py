@@ -410,6 +410,10 @@ def _describe(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, ConfigError | InvalidInput):
         return str(exc), 2
     if isinstance(exc, AtlasAPIError):
+        if exc.status in (401, 403):
+            from bot.render.explain import atlas_remedy  # only on this path: it loads Slack's SDK
+
+            return f"Atlas answered {exc.summary()}. {atlas_remedy(exc)}", 1
         return f"Atlas answered {exc.summary()}", 1
     if isinstance(exc, AtlasError):
         return str(exc), 1

@@ -11,7 +11,7 @@ from typing import Any
 
 from bot.atlas import AtlasError, Forbidden, NotFound, Unauthorized
 from bot.render.blocks import Message, notice
-from bot.render.explain import explain
+from bot.render.explain import ATLAS_REMEDIES, atlas_remedy, explain
 from bot.services.credentials import CHECK_SECONDS, KIND_NAMES, Field
 from storage.models import CredentialKind, OrgCredential
 
@@ -93,6 +93,8 @@ def field_errors(problems: dict[Field, str]) -> dict[str, str]:
 
 def atlas_refusal(exc: AtlasError, org_id: str) -> dict[Field, str]:
     """What an Atlas refusal during the check means, on the field to fix."""
+    if isinstance(exc, Unauthorized | Forbidden) and exc.error_code in ATLAS_REMEDIES:
+        return {Field.PUBLIC_ID: f"Atlas refused [{exc.error_code}]. {atlas_remedy(exc)}"}
     if isinstance(exc, Unauthorized):
         return {
             Field.SECRET: "Atlas refused these credentials (401). Check the ID and the secret, "

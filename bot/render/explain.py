@@ -97,20 +97,47 @@ def _detail(exc: AtlasAPIError) -> str:
     return f" ({exc.detail})" if exc.detail else ""
 
 
+# What to do about a 401 or 403, by Atlas's `errorCode`: one status has several causes, and a
+# remedy that names the wrong one sends people to fix what is not broken (ATLAS-NOTES.md,
+# "403 has several causes"). The API access list belongs to each API key or service account;
+# once it has an entry, only those addresses may call the Admin API, and an org may require one
+# (https://www.mongodb.com/docs/atlas/configure-api-access/, as quoted in
+# microsoft/vscode-documentdb #814).
+_ACCESS_LIST = (
+    "The request came from an address the credentials' API access list does not include: add "
+    "the bot's outgoing IP address to the access list of its API key or service account in "
+    "Atlas (Organization Access Manager → Applications)."
+)
+ATLAS_REMEDIES = {
+    "IP_ADDRESS_NOT_ON_ACCESS_LIST": _ACCESS_LIST,
+    "ORG_REQUIRES_ACCESS_LIST": (
+        "This org requires an API access list for the Admin API: give the bot's API key or "
+        "service account an access list with the bot's outgoing IP address."
+    ),
+    "API_KEY_NOT_FOUND": (
+        "Atlas knows no such API key (deleted, or mistyped): create one with the Organization "
+        "Billing Viewer role and configure it (or `connect` it)."
+    ),
+}
+_DEFAULT_REMEDIES = {
+    401: "Check the service account or API key the bot uses for this org (ID, secret, expiry).",
+    403: "The bot's credentials need the Organization Billing Viewer role on this org.",
+}
+
+
+def atlas_remedy(exc: AtlasAPIError) -> str:
+    """What to do about a 401 or 403, chosen by its ``errorCode`` (else by its status)."""
+    remedy = ATLAS_REMEDIES.get(exc.error_code or "")
+    return remedy or _DEFAULT_REMEDIES.get(exc.status, "Check the bot's Atlas credentials.")
+
+
 def explain(exc: BaseException) -> str:
     """One line for a person: what went wrong, the Atlas ``errorCode``, and what to do."""
     if isinstance(exc, Refusal | InvalidInput):
         return str(exc)
-    if isinstance(exc, Unauthorized):
-        return (
-            f"Atlas refused the bot's credentials [{_code(exc)}]{_detail(exc)}. "
-            "Check the service account or API key the bot uses for this org."
-        )
-    if isinstance(exc, Forbidden):
-        return (
-            f"Atlas denied access [{_code(exc)}]{_detail(exc)}. The bot's credentials need the "
-            "Organization Billing Viewer role on this org."
-        )
+    if isinstance(exc, Unauthorized | Forbidden):
+        what = "refused the bot's credentials" if exc.status == 401 else "denied access"
+        return f"Atlas {what} [{_code(exc)}]{_detail(exc)}. {atlas_remedy(exc)}"
     if isinstance(exc, NotFound):
         return f"Atlas found no such resource [{_code(exc)}]{_detail(exc)}. Check the ID."
     if isinstance(exc, RateLimited):

@@ -153,6 +153,24 @@ async def test_a_guest_is_never_an_admin(bot, org):
     assert _links(bot) == []
 
 
+async def test_a_403_for_an_address_off_the_access_list_says_so_not_the_role(bot, org):
+    """Atlas answers 403 both for a missing role and for an IP off the API access list; the
+    remedy follows the errorCode (ATLAS-NOTES.md)."""
+    bot.sandbox.state.add_fault(
+        Fault(
+            kind="status",
+            status=403,
+            error_code="IP_ADDRESS_NOT_ON_ACCESS_LIST",
+            operation="listInvoicePending",
+        )
+    )
+    await bot.command(f"link {org.id}")
+    text = await _ephemeral(bot)
+    assert "IP_ADDRESS_NOT_ON_ACCESS_LIST" in text and "access list" in text
+    assert "Billing Viewer" not in text
+    assert _links(bot) == []
+
+
 async def test_link_reports_the_atlas_error_and_stores_nothing(bot, org):
     bot.sandbox.state.add_fault(
         Fault(

@@ -817,3 +817,22 @@ def test_version_is_the_package_metadata_and_rides_on_every_request(
     assert agents == {f"atlas-billing-bot/{stated}"}
     slack = slack_client(Settings(_env_file=None, SLACK_BOT_TOKEN="xoxb-test"))
     assert slack.headers["User-Agent"].startswith(f"atlas-billing-bot/{stated} Python/")
+
+
+def test_a_403_off_the_access_list_names_the_access_list_remedy(
+    sandbox: SandboxServer, org: Org, tmp_path: Path
+) -> None:
+    sandbox.state.add_fault(
+        Fault(
+            kind="status",
+            status=403,
+            error_code="IP_ADDRESS_NOT_ON_ACCESS_LIST",
+            operation="listInvoicePending",
+        )
+    )
+    env = cli_env(tmp_path, sandbox, auth="service-account")
+    result = run(["atlas", "pending", org.id], env, tmp_path)
+    assert result.code == 1, result
+    line = one_line(result.err)
+    assert "IP_ADDRESS_NOT_ON_ACCESS_LIST" in line and "access list" in line
+    assert "Billing Viewer role" not in line
