@@ -2,14 +2,14 @@
 
 from bot.sandbox.data import Credentials, SandboxData, cost_rows
 from bot.sandbox.runner import SandboxServer, serve_forever
-from bot.sandbox.server import (
+from bot.sandbox.server import create_app
+from bot.sandbox.state import (
     FAULT_KINDS,
     OAUTH_REVOKE,
     OAUTH_TOKEN,
     Fault,
     LoggedRequest,
     SandboxState,
-    create_app,
 )
 
 __all__ = [

@@ -9,7 +9,8 @@ from types import TracebackType
 
 from bot.runtime.localserver import LocalServer
 from bot.sandbox.data import SandboxData
-from bot.sandbox.server import SandboxState, create_app
+from bot.sandbox.server import create_app
+from bot.sandbox.state import SandboxState
 
 
 class SandboxServer:
