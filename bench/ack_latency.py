@@ -74,11 +74,11 @@ def serve_baseline(port: int) -> None:
     """A bare Bolt app that only acknowledges, served the way ``billing-bot serve`` serves the bot."""
     import uvicorn
     from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
-    from slack_bolt.async_app import AsyncApp
+    from slack_bolt.async_app import AsyncAck, AsyncApp
     from slack_sdk.web.async_client import AsyncWebClient
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     app = AsyncApp(
@@ -89,12 +89,12 @@ def serve_baseline(port: int) -> None:
     )
 
     @app.command(COMMAND)
-    async def on_command(ack) -> None:
+    async def on_command(ack: AsyncAck) -> None:
         await ack()
 
     handler = AsyncSlackRequestHandler(app)
 
-    async def events(request: Request):
+    async def events(request: Request) -> Response:
         return await handler.handle(request)
 
     async def healthz(_: Request) -> JSONResponse:
@@ -195,13 +195,14 @@ class Remotes:
     async def status(self, wait_for_posts: int | None = None) -> dict[str, Any]:
         """Post count, response_url replies and errors; first waits for that many posts."""
         if wait_for_posts is None:
-            message: tuple = ("status",)
+            message: tuple[object, ...] = ("status",)
         else:
             message = ("wait_posts", wait_for_posts, POSTS_TIMEOUT_SECONDS)
 
         def ask() -> dict[str, Any]:
             self._conn.send(message)
-            return self._conn.recv()
+            reply: dict[str, Any] = self._conn.recv()  # serve_remotes sends a dict
+            return reply
 
         return await asyncio.to_thread(ask)
 
@@ -221,7 +222,8 @@ class Remotes:
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]  # (host, port) for AF_INET
+        return port
 
 
 def clean_env(**values: str) -> dict[str, str]:
@@ -249,7 +251,7 @@ def cpu_seconds(pid: int | None) -> float:
 @dataclass
 class Server:
     name: str
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     url: str
     log: Path
 
@@ -605,12 +607,17 @@ def report(results: dict[str, list[RoundResult]]) -> None:
     print(f"  {verdict}  bot p99 / baseline p99 = {ratio:.2f} (target <= {RATIO_TARGET})")
     verdict = "PASS" if bot_p99 < ABSOLUTE_TARGET_MS else "FAIL"
     print(f"  {verdict}  bot p99 = {bot_p99:.1f} ms (target < {ABSOLUTE_TARGET_MS:.0f} ms)")
-    posts = [r for r in results["bot"] if r.posts_after_start is not None]
+    # Both are set together, once a round's pending posts have all arrived.
+    posts = [
+        (r.posts_after_start, r.posts_after_last_ack)
+        for r in results["bot"]
+        if r.posts_after_start is not None and r.posts_after_last_ack is not None
+    ]
     if posts:
         print(
             "  the bot's pending posts all arrived "
-            f"{statistics.median(r.posts_after_start for r in posts):.2f}s after the first send "
-            f"(median; {statistics.median(r.posts_after_last_ack for r in posts):.2f}s "
+            f"{statistics.median(start for start, _ in posts):.2f}s after the first send "
+            f"(median; {statistics.median(last_ack for _, last_ack in posts):.2f}s "
             "after the last ack)"
         )
     problems = sum(len(r.problems) for rs in results.values() for r in rs)

@@ -84,6 +84,7 @@ import storage.digests  # noqa: E402
 from bot.atlas import NotReady  # noqa: E402
 from bot.core.config import Settings  # noqa: E402
 from bot.deps import Deps  # noqa: E402
+from bot.render.digests import DigestSummary  # noqa: E402
 from bot.runtime.app import build_deps  # noqa: E402
 from bot.services import alerts, digests  # noqa: E402
 from storage import Database, links, thresholds  # noqa: E402
@@ -101,6 +102,9 @@ THRESHOLD_CENTS = 100  # $1.00: every org's month-to-date spend is above it
 LIST_PENDING = "listInvoicePending"
 CREATE = "createCostExplorerProcess"
 POLL = "getCostExplorerUsage"
+# bot.services.digests imports this from bot.render.chart (it does not export it) and calls
+# it by that name: the bench wraps it there, so it is read and set by name.
+CHART_FUNCTION = "digest_chart_png"
 
 
 # ---- the sandbox Atlas (its own process) ---------------------------------------------------------
@@ -169,7 +173,8 @@ class Sandbox:
     def log(self) -> list[tuple[float, str | None, str | None, int | None]]:
         """(monotonic time, org, operation, status) of every request so far."""
         self._conn.send("log")
-        return self._conn.recv()
+        entries: list[tuple[float, str | None, str | None, int | None]] = self._conn.recv()
+        return entries
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.process.pid)
@@ -221,7 +226,7 @@ class Instruments:
     def install(self, atlas: Any) -> None:
         for name in ("create_cost_query", "cost_result", "pending_invoices"):
             setattr(atlas, name, self._timed_call(getattr(atlas, name), name))
-        chart = bot.services.digests.digest_chart_png
+        chart: Callable[[DigestSummary], bytes] = getattr(bot.services.digests, CHART_FUNCTION)
 
         def timed_chart(summary: Any) -> bytes:
             if not self.real_chart and self.stub_png is not None:
@@ -232,7 +237,7 @@ class Instruments:
             self.stub_png = png
             return png
 
-        bot.services.digests.digest_chart_png = timed_chart
+        setattr(bot.services.digests, CHART_FUNCTION, timed_chart)
         complete = bot.services.digests.complete
 
         async def timed_complete(deps: Deps, row: Any, result: Any) -> bool:
@@ -280,7 +285,7 @@ class LoopLag:
 
     def __init__(self) -> None:
         self.lags: list[float] = []
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         while True:
@@ -392,7 +397,7 @@ def add_threshold_links(db: Database, org_ids: list[str], channels: int) -> int:
     return count
 
 
-def digest_state(db: Database) -> tuple[int, Counter]:
+def digest_state(db: Database) -> tuple[int, Counter[str]]:
     """Digests in the outbox, and the cost queries by status."""
     with db.session() as session:
         queued = session.exec(
@@ -415,7 +420,7 @@ class Run:
     start_due_seconds: float
     trace: Trace
     queued: int
-    statuses: Counter
+    statuses: Counter[str]
     bot_cpu: float
     sandbox_cpu: float
     lags: list[float]
@@ -720,7 +725,7 @@ async def amain(args: argparse.Namespace) -> None:
     sandbox = Sandbox(args.orgs, args.latency, args.polls_before_ready)
     fake = FakeSlack().__enter__()
     tmp = tempfile.TemporaryDirectory(prefix="bench-fanout-")
-    engines = [("sqlite", None)]
+    engines: list[tuple[str, str | None]] = [("sqlite", None)]
     if os.environ.get("TEST_POSTGRES_URL"):
         engines.append(("postgresql", os.environ["TEST_POSTGRES_URL"]))
     deps = None
@@ -798,8 +803,8 @@ def print_summary(
     args: argparse.Namespace,
     info: dict[str, Any],
     figures: dict[str, Figures],
-    threshold_results: list,
-    log: list,
+    threshold_results: list[dict[str, Any]],
+    log: list[tuple[float, str | None, str | None, int | None]],
     orgs: int,
 ) -> None:
     api = [(t, org, op, status) for t, org, op, status in log if org is not None]

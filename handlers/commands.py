@@ -62,13 +62,13 @@ def register(app: AsyncApp, deps: Deps) -> None:
 
     async def carry_out(invocation: Invocation, parsed: grammar.Command) -> None:
         """The work after the acknowledgement; every failure ends as one line to the caller."""
-        # `connect` opens a form with a trigger that expires in 3 s: it never waits in line.
-        gate = contextlib.nullcontext() if isinstance(parsed, grammar.Connect) else work
         sub = subcommands.subcommand_of(parsed)
+        # A modal's trigger expires in 3 s: that work never waits in line.
+        gate = contextlib.nullcontext() if sub.opens_modal else work
         outcome = "failed"  # unless the handler returns or declines: counted in `finally`
         try:
             async with gate:
-                if subcommands.needs_admin(parsed):
+                if subcommands.needs_admin(parsed) and not sub.opens_modal:
                     await require_admin(deps, invocation.user_id, invocation.team_id, "change this")
                 assert sub.handler is not None, "only `help` has no handler; it is answered above"
                 await sub.handler(invocation, parsed)

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.errors import SlackApiError
@@ -26,7 +27,7 @@ from bot.render import credentials as render
 from bot.render.explain import EXPLAINED, explain
 from bot.services import credentials
 from bot.services.credentials import Field, TypedCredentials
-from bot.services.links import admin_check, admin_refusal
+from bot.services.links import admin_check, admin_refusal, require_admin
 from handlers.grammar import Connect
 from handlers.invocation import Invocation
 
@@ -37,23 +38,49 @@ log = logging.getLogger(__name__)
 
 
 async def connect(invocation: Invocation, command: Connect) -> None:
-    """Store Atlas credentials for an organization (encrypted, never shown again)"""
+    """Store Atlas credentials for an organization (encrypted, never shown again)
+
+    The modal opens first: the command's trigger is valid for 3 seconds from the moment Slack
+    sent it (bolt-python #772: a ``users.info`` before ``views.open`` can outlast it). Who may
+    connect, and from which channel, is checked after, and the modal then becomes the form or
+    says why not.
+    """
+    deps = invocation.deps
     if not invocation.trigger_id:
         await invocation.ephemeral(render.NO_TRIGGER)
         return
-    existing = await credentials.connect_from(
-        invocation.deps,
-        org_id=command.org_id,
-        team_id=invocation.team_id,
-        channel_id=invocation.channel_id,
+    opened = await deps.slack.views_open(
+        trigger_id=invocation.trigger_id, view=render.opening_view(command.org_id)
     )
+    view_id = (opened.get("view") or {}).get("id", "")
+    try:
+        await require_admin(
+            deps, invocation.user_id, invocation.team_id, "connect Atlas credentials"
+        )
+        existing = await credentials.connect_from(
+            deps,
+            org_id=command.org_id,
+            team_id=invocation.team_id,
+            channel_id=invocation.channel_id,
+        )
+    except EXPLAINED as exc:
+        await _show(deps, view_id, render.notice_view(explain(exc)))
+        raise
     view = render.connect_view(
         org_id=command.org_id,
         team_id=invocation.team_id,
         channel_id=invocation.channel_id,
         existing=existing,
     )
-    await invocation.deps.slack.views_open(trigger_id=invocation.trigger_id, view=view)
+    await deps.slack.views_update(view_id=view_id, view=view)
+
+
+async def _show(deps: Deps, view_id: str, view: dict[str, Any]) -> None:
+    """Put `view` up in the open modal; if Slack refuses (the person closed it), log and go on."""
+    try:
+        await deps.slack.views_update(view_id=view_id, view=view)
+    except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("could not update the connect modal %s: %s", view_id, exc)
 
 
 # ---- the submission --------------------------------------------------------------------------
@@ -98,6 +125,60 @@ def read_form(values: dict[str, Any]) -> TypedCredentials:
     return TypedCredentials(kind=kind, public_id=public_id, secret=secret)
 
 
+async def check_and_store(
+    deps: Deps, view_id: str, target: Target, user_id: str, typed: TypedCredentials
+) -> None:
+    """After the submission: try the credentials on Atlas, store them, show the outcome."""
+
+    def again(problem: str) -> dict[str, Any]:
+        return render.connect_view(
+            org_id=target.org_id,
+            team_id=target.team_id,
+            channel_id=target.channel_id,
+            problem=problem,
+            kind=typed.kind,
+            public_id=typed.public_id,
+        )
+
+    try:
+        await credentials.try_on_atlas(deps, target.org_id, typed)
+    except TimeoutError:
+        await _show(deps, view_id, again(render.TIMED_OUT))
+        return
+    except AtlasError as exc:
+        await _show(
+            deps, view_id, again(render.problem_text(render.atlas_refusal(exc, target.org_id)))
+        )
+        return
+    try:
+        row = await credentials.store(
+            deps,
+            org_id=target.org_id,
+            team_id=target.team_id,
+            channel_id=target.channel_id,
+            user_id=user_id,
+            typed=typed,
+        )
+    except SecretError as exc:
+        log.error("cannot store Atlas credentials for org %s: %s", target.org_id, exc)
+        await _show(deps, view_id, again(render.KEY_UNUSABLE))
+        return
+    except EXPLAINED as exc:  # the database refused: nothing was stored
+        await _show(deps, view_id, again(explain(exc)))
+        return
+    await _show(deps, view_id, render.connected_view(org_id=target.org_id, row=row))
+    message = render.connected(user_id=user_id, org_id=target.org_id, row=row)
+    try:
+        await deps.slack.chat_postMessage(channel=target.channel_id, **message.kwargs())
+    except SlackApiError as exc:
+        log.warning(
+            "stored credentials for org %s but could not say so in %s: %s",
+            target.org_id,
+            target.channel_id,
+            exc.response.get("error") if exc.response else exc,
+        )
+
+
 def register(app: AsyncApp, deps: Deps) -> None:
     async def refuse(ack: AsyncAck, problems: dict[Field, str]) -> None:
         await ack(response_action="errors", errors=render.field_errors(problems))
@@ -125,40 +206,16 @@ def register(app: AsyncApp, deps: Deps) -> None:
         if problems:
             await refuse(ack, problems)
             return
-        try:
-            await credentials.try_on_atlas(deps, target.org_id, typed)
-        except TimeoutError:
-            await refuse(ack, {Field.PUBLIC_ID: render.TIMED_OUT})
-            return
-        except AtlasError as exc:
-            await refuse(ack, render.atlas_refusal(exc, target.org_id))
-            return
-        try:
-            row = await credentials.store(
-                deps,
-                org_id=target.org_id,
-                team_id=target.team_id,
-                channel_id=target.channel_id,
-                user_id=user_id,
-                typed=typed,
-            )
-        except SecretError as exc:
-            log.error("cannot store Atlas credentials for org %s: %s", target.org_id, exc)
-            await refuse(ack, {Field.SECRET: render.KEY_UNUSABLE})
-            return
-        except EXPLAINED as exc:  # the database refused: nothing was stored
-            await refuse(ack, {Field.SECRET: explain(exc)})
-            return
-        await ack()
-        message = render.connected(user_id=user_id, org_id=target.org_id, row=row)
-        try:
-            await deps.slack.chat_postMessage(channel=target.channel_id, **message.kwargs())
-        except SlackApiError as exc:
-            log.warning(
-                "stored credentials for org %s but could not say so in %s: %s",
-                target.org_id,
-                target.channel_id,
-                exc.response.get("error") if exc.response else exc,
-            )
+        # Answered at once (Slack gives a submission 3 seconds); Atlas is asked afterwards,
+        # while the modal says so, and the modal then shows how it went.
+        await ack(
+            response_action="update",
+            view=render.checking_view(
+                org_id=target.org_id, team_id=target.team_id, channel_id=target.channel_id
+            ),
+        )
+        await deps.background.run(
+            check_and_store(deps, str(view.get("id") or ""), target, user_id, typed)
+        )
 
     app.view(render.CALLBACK_ID)(on_submit)

@@ -13,6 +13,7 @@ from bot.atlas.invoice_csv import summarise_invoice_csv_file
 from bot.render.blocks import invoice_message, pending_message
 from bot.render.explain import upload_error
 from bot.services import links, spend
+from bot.slack.membership import as_member
 from handlers.grammar import Invoice, Pending
 from handlers.invocation import Invocation
 
@@ -44,13 +45,19 @@ async def invoice(invocation: Invocation, command: Invoice) -> None:
             await client.download_invoice_csv(org_id, command.invoice_id, sink)
         rows = (await asyncio.to_thread(summarise_invoice_csv_file, path)).row_count
         await invocation.post(invoice_message(summary, csv_rows=rows))
-        try:
+
+        async def share() -> None:
             await deps.slack.files_upload_v2(
                 channel=invocation.channel_id,
                 file=str(path),
                 filename=path.name,
                 title=f"Atlas invoice {command.invoice_id} ({rows:,} rows)",
             )
+
+        try:
+            # The summary went out with chat:write.public; sharing a file needs membership,
+            # so in a public channel the bot joins by itself.
+            await as_member(deps, invocation.channel_id, share)
         except SlackRequestError as exc:
             # The upload POST failed (a 5xx, or a 429 past slack_sdk's retries): reported like a
             # refusal of the Web API steps, not as an unexpected error.

@@ -47,6 +47,9 @@ class SubCommand:
     parser: Parser
     # What runs after the acknowledgement; `help` has none, it is answered in the ack itself.
     handler: Handler | None
+    # Opens a modal with the command's trigger, valid for 3 seconds: it runs at once (never
+    # waits in line) and its handler checks who may run it after the modal is open.
+    opens_modal: bool = False
 
     @property
     def description(self) -> str:
@@ -85,6 +88,7 @@ SUBCOMMANDS: tuple[SubCommand, ...] = (
         (Form("connect ORG_ID", Who.ADMINS, Connect),),
         grammar.org_only(Connect),
         credentials.connect,
+        opens_modal=True,
     ),
     SubCommand(
         "unlink",

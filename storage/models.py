@@ -357,8 +357,8 @@ class OutboxMessage(SQLModel, table=True):
     `payload` is the JSON of `chat.postMessage`'s `text`, `blocks` and `metadata`;
     `attachment` an optional file (a PNG chart) uploaded first, its Slack ID kept in
     `file_id` so a retry does not upload it again. Claimed with a lease like
-    `CostQuery`; `attempts` counts claims, so `attempts > 1` warns the sender that
-    an earlier attempt may already have posted.
+    `CostQuery`; `attempts` counts claims; `unconfirmed_at` warns the sender that an
+    earlier attempt may already have posted.
     """
 
     __tablename__ = "outbox"
@@ -385,6 +385,10 @@ class OutboxMessage(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime())
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     last_error: str | None = Field(default=None, sa_type=Text)
+    # Set when a post went out and Slack's answer neither confirmed nor refused it (the sender
+    # stopped mid-post, the answer was lost, or Slack answered 5xx): the message may be in the
+    # channel, so the next attempt looks for it before posting again.
+    unconfirmed_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
 
     def message(self) -> dict[str, Any]:
         """The payload, decoded: `text`, `blocks`, `metadata` as given to `enqueue`."""

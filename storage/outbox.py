@@ -6,14 +6,16 @@ twice, even from two replicas at once, keeps the first message. The *outbox*
 job on every replica then does, each step in its own transaction:
 
 1. `claim_due(now=..., owner=me, lease_seconds=..., limit=...)` leases due
-   messages to this worker and counts the attempt. `attempts > 1` means an
-   earlier attempt may already have posted (it crashed or its lease ran out
-   before `mark_sent`): look for the message in the channel before posting again.
-2. Upload the attachment, if any, and `set_file(...)` so a retry does not upload
-   it again; post the message.
+   messages to this worker and counts the attempt.
+2. `mark_sending(...)` just before the post sets `unconfirmed_at`; only an answer
+   that settles it clears it (`mark_sent`, or `retry_later(..., unconfirmed=False)`
+   after a refusal or a 429). A message claimed again while it is set (its sender
+   crashed, its answer was lost, Slack answered 5xx) may already be in the channel
+   (`may_have_posted`): the sender looks for it before posting again.
 3. `mark_sent(...)`; or `retry_later(...)` (transient error: releases the lease
    until `not_before`); or `mark_failed(...)` (give up). Each returns False, and
-   changes nothing, if this worker no longer holds the lease.
+   changes nothing, if this worker no longer holds the lease. `set_file(...)`,
+   between the post and `mark_sent`, records the file ID of the chart shared with it.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ from storage._sql import insert
 from storage.models import KEY_LENGTH, OutboxMessage, OutboxStatus, to_json, utcnow
 
 __all__ = [
+    "TRANSPORT",
     "claim_due",
     "enqueue",
     "get_message",
     "mark_failed",
+    "mark_sending",
     "mark_sent",
+    "may_have_posted",
     "pending_count",
     "retry_later",
     "set_file",
@@ -123,6 +128,15 @@ def claim_due(
     )
 
 
+# The prefix of the error of a post whose answer never came.
+TRANSPORT = "transport:"
+
+
+def may_have_posted(row: OutboxMessage) -> bool:
+    """Whether an earlier attempt may have posted this message though it is still pending."""
+    return row.unconfirmed_at is not None
+
+
 def _held(id: int, owner: str) -> ColumnElement[bool]:
     return and_(
         col(OutboxMessage.id) == id,
@@ -146,6 +160,11 @@ def set_file(session: Session, *, id: int, owner: str, file_id: str) -> bool:
     return _update_held(session, id, owner, file_id=file_id)
 
 
+def mark_sending(session: Session, *, id: int, owner: str, now: datetime | None = None) -> bool:
+    """The post is about to go out: until Slack's answer settles it, it may be in the channel."""
+    return _update_held(session, id, owner, unconfirmed_at=now or utcnow())
+
+
 def mark_sent(
     session: Session, *, id: int, owner: str, message_ts: str, now: datetime | None = None
 ) -> bool:
@@ -157,13 +176,24 @@ def mark_sent(
         status=OutboxStatus.SENT.value,
         message_ts=message_ts,
         sent_at=now or utcnow(),
+        unconfirmed_at=None,
         lease_owner=None,
         lease_until=None,
     )
 
 
-def retry_later(session: Session, *, id: int, owner: str, not_before: datetime, error: str) -> bool:
-    """Not posted this time: release the lease until `not_before`, keeping `error`."""
+def retry_later(
+    session: Session,
+    *,
+    id: int,
+    owner: str,
+    not_before: datetime,
+    error: str,
+    unconfirmed: bool = False,
+) -> bool:
+    """Not posted this time, as far as anyone knows: release the lease until `not_before`,
+    keeping `error`. `unconfirmed`: the post may have gone out all the same (no answer, 5xx)."""
+    values: dict[str, Any] = {} if unconfirmed else {"unconfirmed_at": None}
     return _update_held(
         session,
         id,
@@ -172,6 +202,7 @@ def retry_later(session: Session, *, id: int, owner: str, not_before: datetime, 
         last_error=error,
         lease_owner=None,
         lease_until=None,
+        **values,
     )
 
 

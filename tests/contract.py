@@ -15,8 +15,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import httpx
-from jsonschema import Draft7Validator, FormatChecker
-from jsonschema.exceptions import ValidationError
+from jsonschema import Draft7Validator, FormatChecker  # type: ignore[import-untyped]  # no stubs: types-jsonschema is not a dev dependency
+from jsonschema.exceptions import ValidationError  # type: ignore[import-untyped]  # no stubs: types-jsonschema is not a dev dependency
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
@@ -293,7 +293,7 @@ def validate_response(
             raise ContractError(f"{label}: a 102 has no body, got {len(body)} bytes")
         return
     if "json" in content_type:
-        payload: Any = _json(body, label)
+        payload = _json(body, label)  # Any, as the envelope branch above first bound it
     elif "csv" in content_type:
         payload = _csv(body, label)
     else:

@@ -19,6 +19,7 @@ CALLBACK_ID = "connect_org"
 # The one element of each input block: its value is read back as values[field][ACTION].
 ACTION = "value"
 
+TITLE = "Connect an Atlas org"
 OUT_OF_DATE = "This form is out of date: run `/atlas-billing connect` again."
 NO_TRIGGER = "Slack sent no trigger to open the form with; try again."
 TIMED_OUT = (
@@ -30,10 +31,57 @@ KEY_UNUSABLE = (
 )
 
 
+def _metadata(org_id: str, team_id: str, channel_id: str) -> str:
+    return json.dumps({"org_id": org_id, "team_id": team_id, "channel_id": channel_id})
+
+
+def notice_view(text: str, *, title: str = TITLE) -> dict[str, Any]:
+    """A modal that only says something (no fields, a Close button)."""
+    return {
+        "type": "modal",
+        "title": {"type": "plain_text", "text": title},
+        "close": {"type": "plain_text", "text": "Close"},
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
+    }
+
+
+def opening_view(org_id: str) -> dict[str, Any]:
+    """What ``connect`` opens at once, within the trigger's 3 seconds, before any check."""
+    return notice_view(f"Checking that you may connect Atlas org `{org_id}`…")
+
+
+def checking_view(*, org_id: str, team_id: str, channel_id: str) -> dict[str, Any]:
+    """What a submission turns the modal into while Atlas is asked about the credentials."""
+    view = notice_view(
+        f"Trying these credentials on Atlas org `{org_id}`… Nothing is stored until Atlas "
+        "accepts them."
+    )
+    view["private_metadata"] = _metadata(org_id, team_id, channel_id)
+    return view
+
+
+def connected_view(*, org_id: str, row: OrgCredential) -> dict[str, Any]:
+    return notice_view(
+        f"Connected: Atlas org `{org_id}` now uses {KIND_NAMES[row.kind]} (`{row.public_id}`). "
+        "The secret is stored encrypted and cannot be shown again."
+    )
+
+
 def connect_view(
-    *, org_id: str, team_id: str, channel_id: str, existing: OrgCredential | None = None
+    *,
+    org_id: str,
+    team_id: str,
+    channel_id: str,
+    existing: OrgCredential | None = None,
+    problem: str | None = None,
+    kind: str | None = None,
+    public_id: str | None = None,
 ) -> dict[str, Any]:
-    """The modal: credential type, the public ID and the secret; where to report in the metadata."""
+    """The modal: credential type, the public ID and the secret; where to report in the metadata.
+
+    Shown again after Atlas refused a submission: ``problem`` says why, above the fields, and
+    the type and public ID come back as typed (the secret never does).
+    """
     options = [
         _option(CredentialKind.SERVICE_ACCOUNT.value, "Service account (client ID and secret)"),
         _option(CredentialKind.API_KEY.value, "API key pair (public and private key)"),
@@ -48,17 +96,29 @@ def connect_view(
             f"\nThis org already uses {KIND_NAMES.get(existing.kind, 'credentials')} "
             f"(`{existing.public_id}`); saving replaces it."
         )
+    chosen = next((o for o in options if o["value"] == kind), options[0])
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": intro}}]
+    if problem:
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": f":warning: {problem}"}}
+        )
+    public = _text_input(
+        Field.PUBLIC_ID,
+        "Client ID or public key",
+        "Service account: mdb_sa_id_… · API key: 8 lowercase letters",
+        max_length=64,
+    )
+    if public_id:
+        public["element"]["initial_value"] = public_id
     return {
         "type": "modal",
         "callback_id": CALLBACK_ID,
-        "private_metadata": json.dumps(
-            {"org_id": org_id, "team_id": team_id, "channel_id": channel_id}
-        ),
-        "title": {"type": "plain_text", "text": "Connect an Atlas org"},
+        "private_metadata": _metadata(org_id, team_id, channel_id),
+        "title": {"type": "plain_text", "text": TITLE},
         "submit": {"type": "plain_text", "text": "Connect"},
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": intro}},
+            *blocks,
             {
                 "type": "input",
                 "block_id": Field.KIND.value,
@@ -67,15 +127,10 @@ def connect_view(
                     "type": "radio_buttons",
                     "action_id": ACTION,
                     "options": options,
-                    "initial_option": options[0],
+                    "initial_option": chosen,
                 },
             },
-            _text_input(
-                Field.PUBLIC_ID,
-                "Client ID or public key",
-                "Service account: mdb_sa_id_… · API key: 8 lowercase letters",
-                max_length=64,
-            ),
+            public,
             _text_input(
                 Field.SECRET,
                 "Client secret or private key",
@@ -84,6 +139,11 @@ def connect_view(
             ),
         ],
     }
+
+
+def problem_text(problems: dict[Field, str]) -> str:
+    """Field errors as one paragraph, for a modal shown again after the check."""
+    return " ".join(problems.values())
 
 
 def field_errors(problems: dict[Field, str]) -> dict[str, str]:

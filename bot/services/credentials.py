@@ -148,9 +148,9 @@ class OrgCredentials:
 
 # ---- connect ORG_ID ---------------------------------------------------------------------------
 
-# Slack closes the modal with an error unless the submission is answered within 3 seconds;
-# the Atlas check gets most of that.
-CHECK_SECONDS = 2.0
+# The Atlas check runs after the submission was answered (the modal says "Trying…"), so it is
+# not bound by Slack's 3 seconds; it still ends, for the person watching the modal.
+CHECK_SECONDS = 20.0
 
 # By `storage.models.CredentialKind` (its values, so the `atlas` CLI need not load the database).
 KIND_NAMES = {"service_account": "a service account", "api_key": "an API key"}
@@ -252,14 +252,18 @@ async def connect_from(
 async def try_on_atlas(deps: Deps, org_id: str, typed: TypedCredentials) -> None:
     """Read the org's billing with the typed-in credentials, over the bot's own pool.
 
-    Raises ``AtlasError`` when Atlas refuses them and ``TimeoutError`` after ``CHECK_SECONDS``.
+    The cheapest billing read there is: one invoice of the invoice list (``itemsPerPage=1``),
+    which needs the same Organization Billing Viewer role as everything the bot reads. Not the
+    pending invoice: a large org's is tens of MB. Raises ``AtlasError`` when Atlas refuses
+    them and ``TimeoutError`` after ``CHECK_SECONDS``.
     """
     client = deps.atlas.with_auth(
         credential_auth(kind=typed.kind, public_id=typed.public_id, secret=typed.secret)
     )
     try:
         async with asyncio.timeout(CHECK_SECONDS):
-            await client.pending_invoices(org_id)
+            async for _ in await client.invoices(org_id, items_per_page=1, limit=1):
+                break
     finally:
         await client.aclose()
 

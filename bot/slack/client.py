@@ -81,6 +81,51 @@ class CountingWebClient(AsyncWebClient):
 MAX_INLINE_RETRY_AFTER = 5.0
 
 
+# Methods that change nothing, or that land in the same state when sent twice: slack_sdk may
+# send these again after a connection error, even one that struck after Slack had them.
+REPEATABLE = frozenset(
+    {
+        "auth.test",
+        "users.info",
+        "usergroups.list",
+        "conversations.info",
+        "conversations.history",
+        "conversations.join",
+        "chat.update",
+        "views.update",
+    }
+)
+
+
+class SafeConnectionErrorRetryHandler(AsyncConnectionErrorRetryHandler):
+    """slack_sdk's connection-error retry, only for what surely did not arrive or may repeat.
+
+    slack_sdk retries any call after ``ServerDisconnectedError`` or a reset, also a
+    ``chat.postMessage`` whose request Slack had taken before the connection dropped, and
+    the same alert is posted twice (python-slack-sdk's ``AsyncConnectionErrorRetryHandler``
+    cannot tell the two apart). Here a call is retried when it never reached Slack (the
+    connection was never made: ``ClientConnectorError``) or when repeating it is harmless
+    (``REPEATABLE``). A post whose answer was lost is left to its caller: the outbox looks the
+    message up before it posts again.
+    """
+
+    async def _can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if error is None or not await super()._can_retry_async(
+            state=state, request=request, response=response, error=error
+        ):
+            return False
+        if isinstance(error, aiohttp.ClientConnectorError):
+            return True
+        return request.url.rstrip("/").rsplit("/", 1)[-1] in REPEATABLE
+
+
 class ShortRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
     """slack_sdk's 429 retry, only for waits of at most ``MAX_INLINE_RETRY_AFTER`` seconds."""
 
@@ -112,7 +157,7 @@ def slack_client(
         # slack_sdk appends its own, Python's and the OS's product tokens to ours.
         "user_agent_prefix": version.user_agent(),
         "retry_handlers": [
-            AsyncConnectionErrorRetryHandler(max_retry_count=2),
+            SafeConnectionErrorRetryHandler(max_retry_count=2),
             ShortRateLimitRetryHandler(max_retry_count=3),
         ],
     }

@@ -5,18 +5,25 @@ Producers insert a message with a unique key (``alert:{link}:{period}:{level}``,
 so a decision is never lost and never taken twice. The *outbox* job claims due
 messages with a lease and posts them:
 
-1. a chart, if any, is uploaded first without sharing it (``files_upload_v2``
-   with no channel); re-uploading after a crash only leaves an unused file;
-2. the message goes out with ``chat.postMessage`` carrying the key in Slack
-   message metadata;
-3. before a retry of a message that may already have gone out (a claim with
-   ``attempts > 1``: the previous worker died or timed out after sending), the
-   channel's recent history is searched for that key; if found, it is recorded
-   as sent instead of being posted again.
+1. the message goes out with ``chat.postMessage`` carrying the key in Slack
+   message metadata, after ``mark_sending`` is committed. The Slack client never
+   re-sends a post by itself after a connection error (``bot/slack/client.py``).
+2. A message claimed again that may already be in the channel (its sender crashed
+   mid-post, or the answer was lost: ``storage.outbox.may_have_posted``) is looked
+   up first, in a bounded read of the channel's recent history (joining a public
+   channel the bot is not in, since history needs membership). Found: recorded as
+   sent. Not found: posted. No lookup possible (rate limited, not a member, the
+   history longer than the search): posted again with a note that it may repeat an
+   earlier post. Never lost for a failed lookup, never silently doubled.
+3. A chart, if any, is shared in the posted message's thread (``files_upload_v2``
+   with the channel, so every member sees it: a chart uploaded without a channel and
+   referenced as ``slack_file`` is refused as ``invalid_blocks`` until it is shared and
+   processed). The message has been delivered by then: a refused chart is logged and
+   costs nothing else.
 
 Slack 429s and 5xx are retried (slack_sdk's retry handlers first, then the
-outbox with backoff); refusals that will not heal (channel gone, bot removed,
-archived, bad token) mark the message failed and are logged.
+outbox with backoff); refusals that will not heal (channel gone, archived, bad
+blocks) mark the message failed and are logged.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from bot.core.retry_after import parse_retry_after
 from bot.deps import Deps
 from bot.render.explain import AUTH_ERRORS, slack_error, upload_error
 from bot.services import links
+from bot.slack.membership import as_member
 from storage import outbox
 from storage.models import OutboxMessage
 
@@ -95,84 +103,161 @@ def metadata(key: str) -> dict[str, Any]:
     return {"event_type": EVENT_TYPE, "event_payload": {"key": key}}
 
 
-async def _already_posted(deps: Deps, row: OutboxMessage) -> str | None:
-    """The ts of a message carrying this key, if an earlier attempt did post it."""
-    oldest = f"{row.created_at.timestamp() - 60:.6f}"
-    cursor = None
-    for _ in range(5):  # at most 1,000 messages since the message was queued
-        page = await deps.slack.conversations_history(
-            channel=row.channel_id,
-            oldest=oldest,
-            limit=200,
-            include_all_metadata=True,
-            cursor=cursor,
+# The history search: at most this many pages. Slack's restricted history tier (some
+# distributed apps since May 2025) answers at most 15 messages a page and one request a
+# minute (https://api.slack.com/changelog/2025-05-terms-rate-limit-update-and-faq): a search
+# that waits out the limit page after page would hold the message back for many minutes.
+HISTORY_PAGES = 3
+
+POSSIBLE_REPEAT = (
+    "_Slack did not confirm an earlier attempt to post this message; if it appears twice, "
+    "it is the same one._"
+)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What a search of the channel found: the message's ``ts``, nothing, or no answer."""
+
+    ts: str | None = None
+    unknown: str | None = None  # why the search could not decide
+
+
+async def _find_posted(deps: Deps, row: OutboxMessage) -> Lookup:
+    """Look for a message carrying this key in the channel's recent history."""
+
+    async def search() -> Lookup:
+        oldest = f"{row.created_at.timestamp() - 60:.6f}"
+        cursor = None
+        for _ in range(HISTORY_PAGES):
+            page = await deps.slack.conversations_history(
+                channel=row.channel_id,
+                oldest=oldest,
+                limit=200,
+                include_all_metadata=True,
+                cursor=cursor,
+            )
+            messages: list[dict[str, Any]] = page.get("messages", [])
+            for message in messages:
+                meta = message.get("metadata") or {}
+                if (
+                    meta.get("event_type") == EVENT_TYPE
+                    and (meta.get("event_payload") or {}).get("key") == row.key
+                ):
+                    return Lookup(ts=message.get("ts"))
+            cursor = (page.get("response_metadata") or {}).get("next_cursor")
+            if not page.get("has_more") or not cursor:
+                return Lookup()
+        return Lookup(unknown=f"more than {HISTORY_PAGES} pages of history since it was queued")
+
+    try:
+        return await as_member(deps, row.channel_id, search)
+    except SlackApiError as exc:
+        return Lookup(unknown=f"history: {slack_error(exc)}")
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        return Lookup(unknown=f"history: {type(exc).__name__}")
+
+
+def _possible_repeat(payload: dict[str, Any]) -> dict[str, Any]:
+    """The message marked as one that may repeat an earlier, unconfirmed post."""
+    blocks = list(payload.get("blocks") or [])
+    if blocks:
+        blocks.append(
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": POSSIBLE_REPEAT}]}
         )
-        messages: list[dict[str, Any]] = page.get("messages", [])
-        for message in messages:
-            meta = message.get("metadata") or {}
-            if (
-                meta.get("event_type") == EVENT_TYPE
-                and meta.get("event_payload", {}).get("key") == row.key
-            ):
-                ts: str | None = message.get("ts")
-                return ts
-        cursor = (page.get("response_metadata") or {}).get("next_cursor")
-        if not page.get("has_more") or not cursor:
-            return None
-    return None
+    text = payload.get("text", "")
+    return {**payload, "blocks": blocks, "text": f"{text}\n{POSSIBLE_REPEAT}" if text else text}
 
 
 async def _deliver(deps: Deps, row: OutboxMessage) -> str:
     assert row.id is not None  # claimed rows come from the database
     payload = json.loads(row.payload)
-    try:
-        if row.attempts > 1 and (ts := await _already_posted(deps, row)):
-            await deps.db.run(outbox.mark_sent, id=row.id, owner=deps.worker, message_ts=ts)
+    repeat = False
+    if outbox.may_have_posted(row):
+        found = await _find_posted(deps, row)
+        if found.ts:
+            await deps.db.run(outbox.mark_sent, id=row.id, owner=deps.worker, message_ts=found.ts)
             deps.metrics.posted(row.key)
-            log.info("outbox %s was already posted (ts %s); recorded, not reposted", row.key, ts)
+            log.info(
+                "outbox %s was already posted (ts %s); recorded, not reposted", row.key, found.ts
+            )
             return "recovered"
-        file_id = row.file_id
-        if row.attachment and not file_id:
-            uploaded = await deps.slack.files_upload_v2(
-                content=row.attachment,
-                filename=row.attachment_name or "chart.png",
-                title=payload.get("image_alt") or row.attachment_name,
+        if found.unknown:
+            log.warning(
+                "outbox %s may already be in %s but cannot be looked up (%s); posting it again "
+                "marked as a possible repeat",
+                row.key,
+                row.channel_id,
+                found.unknown,
             )
-            file_id = uploaded["file"]["id"]
-            await deps.db.run(outbox.set_file, id=row.id, owner=deps.worker, file_id=file_id)
-        blocks = list(payload.get("blocks") or [])
-        if file_id:
-            blocks.append(
-                {
-                    "type": "image",
-                    "slack_file": {"id": file_id},
-                    "alt_text": payload.get("image_alt") or "chart",
-                }
-            )
+            payload, repeat = _possible_repeat(payload), True
+    meta = metadata(row.key)
+    if repeat:
+        meta["event_payload"]["possible_repeat"] = True
+    try:
+        await deps.db.run(outbox.mark_sending, id=row.id, owner=deps.worker, now=deps.clock())
         posted = await deps.slack.chat_postMessage(
             channel=row.channel_id,
             text=payload.get("text", ""),
-            blocks=blocks or None,
-            metadata=metadata(row.key),
+            blocks=payload.get("blocks") or None,
+            metadata=meta,
         )
     except SlackApiError as exc:
         return await _failed_attempt(deps, row, exc)
-    except SlackRequestError as exc:  # the chart's upload POST failed (a 5xx, or a 429)
-        return await _failed_attempt(deps, row, upload_error(exc))
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        # The request may or may not have reached Slack: the retry checks the history first.
+        # The post may or may not have reached Slack: the next attempt looks it up first.
         log.warning("outbox %s: no answer from Slack (%s); retrying", row.key, exc)
         await deps.db.run(
             outbox.retry_later,
             id=row.id,
             owner=deps.worker,
             not_before=deps.clock() + timedelta(seconds=backoff(row.attempts)),
-            error=f"transport: {type(exc).__name__}",
+            error=f"{outbox.TRANSPORT} {type(exc).__name__}",
+            unconfirmed=True,
         )
         return "retried"
+    if row.attachment:  # before mark_sent, under the lease: a crash here is found by the lookup
+        await _share_chart(deps, row, payload, thread_ts=posted["ts"])
     await deps.db.run(outbox.mark_sent, id=row.id, owner=deps.worker, message_ts=posted["ts"])
     deps.metrics.posted(row.key)
     return "sent"
+
+
+async def _share_chart(
+    deps: Deps, row: OutboxMessage, payload: dict[str, Any], *, thread_ts: str
+) -> None:
+    """Share the chart in the posted message's thread; a refusal is logged, nothing more."""
+    assert row.id is not None and row.attachment is not None
+
+    async def share() -> Any:
+        return await deps.slack.files_upload_v2(
+            channel=row.channel_id,
+            thread_ts=thread_ts,
+            content=row.attachment,
+            filename=row.attachment_name or "chart.png",
+            title=payload.get("image_alt") or row.attachment_name,
+        )
+
+    try:
+        uploaded = await as_member(deps, row.channel_id, share)
+    except SlackApiError as exc:
+        reason = slack_error(exc)
+        await links.slack_refused(
+            deps, team_id=row.team_id, channel_id=row.channel_id, error=reason, method="outbox post"
+        )
+    except SlackRequestError as exc:  # the upload POST itself failed (a 5xx, or a 429)
+        response = upload_error(exc).response
+        reason = f"the upload answered HTTP {response.status_code if response else 'error'}"
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        reason = type(exc).__name__
+    else:
+        file_id = (uploaded.get("file") or {}).get("id")
+        if file_id:
+            await deps.db.run(outbox.set_file, id=row.id, owner=deps.worker, file_id=file_id)
+        return
+    log.warning(
+        "outbox %s was posted without its chart: Slack refused the chart (%s)", row.key, reason
+    )
 
 
 async def _failed_attempt(deps: Deps, row: OutboxMessage, exc: SlackApiError) -> str:
@@ -209,5 +294,7 @@ async def _failed_attempt(deps: Deps, row: OutboxMessage, exc: SlackApiError) ->
         owner=deps.worker,
         not_before=deps.clock() + timedelta(seconds=delay),
         error=f"slack: {status} {error}",
+        # A 5xx may come after Slack carried the post out; a 429 or a refusal means it did not.
+        unconfirmed=status >= 500,
     )
     return "retried"

@@ -41,6 +41,7 @@ def _audit(bot, action: str) -> list:
 def _arm(bot, org_id: str, channel: str = CHANNEL) -> int:
     """A threshold the pending invoice crosses, and a digest due five minutes ago."""
     link = _links(bot)[(channel, org_id)]
+    assert link.id is not None
     with bot.db.session() as session:
         thresholds.set_threshold(session, link_id=link.id, amount_cents=1000, updated_by="U_ADMIN")
         storage.digests.set_schedule(

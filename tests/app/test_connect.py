@@ -20,6 +20,7 @@ from tests.app.helpers import eventually
 from tests.fakes.slack import view_submission
 
 PENDING = "listInvoicePending"
+LIST = "listInvoices"
 TOKEN_PATH = "/api/oauth/token"
 
 
@@ -41,11 +42,14 @@ def creds(sandbox):
 
 
 async def open_modal(bot, org_id: str, **options) -> dict:
-    before = len(bot.fake.views)
+    """`connect`: the modal opens at once, then becomes the form (or says why not)."""
+    before = len(bot.fake.view_updates)
     response = await bot.command(f"connect {org_id}", **options)
     assert response.status_code == 200 and not response.text
-    views = await bot.fake.wait_for_async(lambda: len(bot.fake.views) > before and bot.fake.views)
-    return views[-1]
+    updates = await bot.fake.wait_for_async(
+        lambda: len(bot.fake.view_updates) > before and bot.fake.view_updates
+    )
+    return updates[-1]
 
 
 async def submit(bot, view: dict, kind: str, public_id: str, secret: str, user="U_ADMIN") -> dict:
@@ -58,10 +62,32 @@ async def submit(bot, view: dict, kind: str, public_id: str, secret: str, user="
         },
         private_metadata=view["private_metadata"],
         user_id=user,
+        view_id=view["id"],
     )
     response = await bot.driver.action(payload)
     assert response.status_code == 200, response.text
     return response.json() if response.text else {}
+
+
+async def outcome(bot, view: dict, answer: dict) -> dict:
+    """The submission was answered "checking…"; what the modal shows once Atlas was asked."""
+    assert answer["response_action"] == "update", answer
+    assert "Trying these credentials" in json.dumps(answer["view"])
+    before = len(bot.fake.view_updates)
+    updates = await bot.fake.wait_for_async(
+        lambda: [u for u in bot.fake.view_updates[before:] if u["id"] == view["id"]], timeout=30
+    )
+    return updates[-1]
+
+
+def shown(view: dict) -> str:
+    return json.dumps(view["blocks"])
+
+
+async def connected(bot, view: dict, answer: dict) -> dict:
+    result = await outcome(bot, view, answer)
+    assert "Connected" in shown(result) and "callback_id" not in result, result
+    return result
 
 
 def stored(bot, org_id: str):
@@ -126,11 +152,25 @@ async def test_connect_opens_the_modal_with_where_to_report(bot, org_id):
     assert bot.atlas_requests() == []
 
 
+async def test_the_modal_opens_before_anything_slow_within_the_triggers_3_seconds(bot, org_id):
+    """bolt-python #772: the trigger expires 3 s after Slack sends it; a slow users.info (the
+    admin check) must not come first."""
+    bot.fake.delay("users.info", 3.5, times=1)
+    view = await open_modal(bot, org_id)
+    assert view["callback_id"] == CALLBACK_ID
+    first, second = [c.method for c in bot.fake.calls if c.method.startswith(("views", "users"))][
+        :2
+    ]
+    assert (first, second) == ("views.open", "users.info")
+
+
 async def test_non_admins_cannot_open_it(bot, org_id):
     await bot.command(f"connect {org_id}", user_id="U_MEMBER")
     responses = await bot.fake.wait_for_async(lambda: bot.fake.responses)
     assert "Only workspace admins" in responses[-1].body["text"]
-    assert bot.fake.views == []
+    [view] = bot.fake.views  # opened at once, then saying why not: never the form
+    assert "Only workspace admins" in shown(view) and "callback_id" not in view
+    assert bot.atlas_requests() == []
 
 
 async def test_only_a_channel_following_the_org_may_connect_it_once_it_is_linked(bot, org_id):
@@ -139,7 +179,8 @@ async def test_only_a_channel_following_the_org_may_connect_it_once_it_is_linked
     await bot.command(f"connect {org_id}")
     responses = await bot.fake.wait_for_async(lambda: bot.fake.responses)
     assert "followed by other channels" in responses[-1].body["text"]
-    assert bot.fake.views == []
+    [refused] = bot.fake.views
+    assert "followed by other channels" in shown(refused) and "callback_id" not in refused
     # A channel that follows it may.
     bot.link(org_id)
     view = await open_modal(bot, org_id)
@@ -155,7 +196,11 @@ async def test_an_api_key_is_tried_stored_encrypted_and_then_used_for_the_org(
     caplog.set_level(logging.DEBUG)
     view = await open_modal(bot, org_id)
     answer = await submit(bot, view, "api_key", creds.public_key, creds.private_key)
-    assert answer == {}  # the modal closes
+    await connected(bot, view, answer)
+    # Tried with the cheapest billing read: one invoice of the list, not the pending invoice.
+    [tried] = [r for r in bot.sandbox.state.requests_for(LIST, org_id) if r.status == 200]
+    assert tried.query["itemsPerPage"] == "1"
+    assert bot.sandbox.state.requests_for(PENDING, org_id) == []
 
     row = stored(bot, org_id)
     assert (row.kind, row.public_id, row.version) == ("api_key", creds.public_key, 1)
@@ -194,7 +239,9 @@ async def test_a_service_account_is_stored_and_replacing_credentials_takes_effec
 ):
     caplog.set_level(logging.DEBUG)
     view = await open_modal(bot, org_id)
-    assert await submit(bot, view, "api_key", creds.public_key, creds.private_key) == {}
+    await connected(
+        bot, view, await submit(bot, view, "api_key", creds.public_key, creds.private_key)
+    )
     await confirmation(bot)
     bot.link(org_id)
     await bot.command(f"pending {org_id}")
@@ -204,7 +251,7 @@ async def test_a_service_account_is_stored_and_replacing_credentials_takes_effec
     view = await open_modal(bot, org_id)
     assert creds.public_key in json.dumps(view["blocks"])
     answer = await submit(bot, view, "service_account", creds.client_id, creds.client_secret)
-    assert answer == {}
+    await connected(bot, view, answer)
     row = stored(bot, org_id)
     assert (row.kind, row.public_id, row.version) == ("service_account", creds.client_id, 2)
     posted = await bot.fake.wait_for_async(
@@ -230,7 +277,9 @@ async def test_another_replica_decrypts_them_and_uses_them_for_every_operation(
     bot, org_id, creds, sandbox
 ):
     view = await open_modal(bot, org_id)
-    assert await submit(bot, view, "api_key", creds.public_key, creds.private_key) == {}
+    await connected(
+        bot, view, await submit(bot, view, "api_key", creds.public_key, creds.private_key)
+    )
     replica = bot.replica()  # its own Deps: reads the same key file and database
     try:
         atlas = await replica.credentials.client(org_id)
@@ -258,11 +307,13 @@ async def test_wrong_credentials_are_refused_on_the_secret_field(bot, org_id, cr
     caplog.set_level(logging.DEBUG)
     view = await open_modal(bot, org_id)
     wrong = "01234567-89ab-4def-8123-456789abcdef"
-    answer = await submit(bot, view, "api_key", creds.public_key, wrong)
-    assert answer["response_action"] == "errors"
-    assert "Atlas refused these credentials (401)" in answer["errors"]["secret"]
-    answer = await submit(bot, view, "service_account", creds.client_id, "mdb_sa_sk_" + "0" * 40)
-    assert "Atlas refused these credentials" in answer["errors"]["secret"]
+    again = await outcome(bot, view, await submit(bot, view, "api_key", creds.public_key, wrong))
+    # The form again, saying why, with what was typed but the secret.
+    assert again["callback_id"] == CALLBACK_ID
+    assert "Atlas refused these credentials (401)" in shown(again)
+    assert creds.public_key in shown(again) and wrong not in json.dumps(again)
+    answer = await submit(bot, again, "service_account", creds.client_id, "mdb_sa_sk_" + "0" * 40)
+    assert "Atlas refused these credentials" in shown(await outcome(bot, again, answer))
     assert stored(bot, org_id) is None
     assert connect_audit(bot) == []
     assert bot.fake.calls_to("chat.postMessage") == []
@@ -272,8 +323,7 @@ async def test_wrong_credentials_are_refused_on_the_secret_field(bot, org_id, cr
 async def test_a_key_without_the_billing_role_is_refused_on_the_id_field(bot, org_id, creds):
     view = await open_modal(bot, org_id)
     answer = await submit(bot, view, "api_key", creds.no_role_public_key, creds.no_role_private_key)
-    assert answer["response_action"] == "errors"
-    assert "Organization Billing Viewer" in answer["errors"]["public_id"]
+    assert "Organization Billing Viewer" in shown(await outcome(bot, view, answer))
     assert stored(bot, org_id) is None
 
 
@@ -321,15 +371,16 @@ async def test_a_form_from_another_workspace_is_refused(bot, org_id, creds):
     assert stored(bot, org_id) is None
 
 
-async def test_atlas_too_slow_for_slack_stores_nothing(bot, org_id, creds):
+async def test_atlas_too_slow_stores_nothing_and_says_so(bot, org_id, creds, monkeypatch):
+    monkeypatch.setattr("bot.services.credentials.CHECK_SECONDS", 1.0)
     view = await open_modal(bot, org_id)
-    bot.sandbox.state.latency_seconds = 3
+    bot.sandbox.state.latency_seconds = 2
     answer = await submit(bot, view, "api_key", creds.public_key, creds.private_key)
-    assert "did not answer within 2 seconds" in answer["errors"]["public_id"]
+    assert "did not answer within" in shown(await outcome(bot, view, answer))
     assert stored(bot, org_id) is None
     # The sandbox answers the abandoned request a second later: let it, so that its log
     # entry lands in this test and not in the next one's.
-    await eventually(lambda: bot.sandbox.state.requests_for(PENDING, org_id), timeout=10)
+    await eventually(lambda: bot.sandbox.state.requests_for(LIST, org_id), timeout=10)
 
 
 # ---- the wrong key --------------------------------------------------------------------------------

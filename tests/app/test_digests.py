@@ -75,11 +75,14 @@ async def test_digest_now_posts_the_summary_with_its_chart(bot, org):
     await _drive(replica, clock)
     [post] = bot.fake.calls_to("chat.postMessage")
     blocks = post["blocks"]
-    image = [b for b in blocks if b["type"] == "image"]
-    assert image and image[0]["slack_file"]["id"]
+    # The chart is shared in the digest's thread, for every member of the channel: an upload
+    # referenced as `slack_file` before it is shared and processed is refused (invalid_blocks).
+    assert not [b for b in blocks if b["type"] == "image"]
+    [message] = _rows(bot, OutboxMessage)
     [upload] = [u for u in bot.fake.uploads if u.completed]
-    assert upload.data.startswith(b"\x89PNG") and upload.channel_id is None  # not shared on its own
-    assert upload.file_id == image[0]["slack_file"]["id"]
+    assert upload.data.startswith(b"\x89PNG")
+    assert (upload.channel_id, upload.thread_ts) == (post["channel"], message.message_ts)
+    assert message.file_id == upload.file_id
     month = org.closed[0]
     assert format_cents(month.subtotal_cents) in json.dumps(blocks)
     assert post["metadata"]["event_payload"]["key"].startswith("digest-now:")
@@ -153,6 +156,8 @@ async def test_a_post_that_may_have_gone_out_is_found_not_repeated(bot, org):
         [row] = outbox.claim_due(
             session, now=clock(), owner="dead-worker", lease_seconds=60, limit=5
         )
+        assert row.id is not None
+        outbox.mark_sending(session, id=row.id, owner="dead-worker")  # as the sender does
     await bot.deps.slack.chat_postMessage(
         channel=CHANNEL, text="80% of the threshold", metadata=metadata(row.key)
     )  # ...and the worker dies here

@@ -708,7 +708,9 @@ def test_sandbox_command_serves_what_it_prints(tmp_path: Path) -> None:
 
             assert exports["MONGODB_ATLAS_BASE_URL"] == f"http://127.0.0.1:{port}"
             result = run(
-                ["atlas", "pending", orgs[0], "--json"], cli_env(tmp_path, **exports), tmp_path
+                ["atlas", "pending", orgs[0], "--json"],
+                cli_env(tmp_path, None, **exports),
+                tmp_path,
             )
             assert result.code == 0, result
             assert json_document(result)["orgId"] == orgs[0]

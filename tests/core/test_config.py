@@ -145,7 +145,7 @@ def test_a_database_url_error_masks_its_password():
     assert "hunter2secret" not in str(caught.value) and "***" in str(caught.value)
 
 
-def test_the_repr_of_settings_and_deps_never_shows_a_secret(tmp_path):
+def test_the_repr_of_settings_and_deps_never_shows_a_secret(tmp_path: Path) -> None:
     from bot.deps import Deps
     from bot.services.credentials import OrgCredentials
 

@@ -8,8 +8,8 @@ from bot.core.months import add_months
 from bot.core.schedule import next_run, reported_month
 
 
-def at(*args) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,11 @@ def test_the_wrong_key_is_a_clear_error_that_reveals_nothing() -> None:
         SecretBox(OLD_KEY).decrypt(token[:-4] + b"AAAA")
 
 
-@pytest.mark.parametrize("bad", ["", "short", "x" * 44, OLD_KEY[:-2], "é" * 44])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "short", "x" * 44, OLD_KEY[:-2], "é" * 44],
+    ids=["empty", "short", "not-base64", "truncated-key", "not-ascii"],
+)
 def test_a_malformed_key_is_refused_with_the_form_it_must_take(bad: str) -> None:
     with pytest.raises(SecretError, match="not a Fernet key") as caught:
         SecretBox(bad, source="--new-key")

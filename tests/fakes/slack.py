@@ -15,12 +15,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from http.server import ThreadingHTTPServer as ThreadingHTTPServer  # bench/ack_latency.py swaps it
+from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 import pytest
+import yaml
 
 from tests.fakes import clock as test_clock
 
@@ -32,6 +35,35 @@ TEAM_ID = "T1"
 # Special routes take part in fault injection under these names.
 UPLOAD = "upload"
 RESPONSE_URL = "response_url"
+
+MANIFEST = Path(__file__).resolve().parents[2] / "manifest.yml"
+
+# The bot-token scopes each Web API method needs, from its page on https://api.slack.com/methods
+# ("Required scopes"): any one of a method's scopes will do. A method whose scope the app lacks
+# answers `missing_scope` with `needed` and `provided`
+# (https://api.slack.com/authentication/oauth-v2#errors). The fake's app has exactly the scopes
+# manifest.yml declares, so a call the manifest does not cover fails here as it would in Slack.
+METHOD_SCOPES: dict[str, tuple[str, ...]] = {
+    "auth.test": (),
+    "chat.postMessage": ("chat:write",),
+    "chat.update": ("chat:write",),
+    "chat.postEphemeral": ("chat:write",),
+    "users.info": ("users:read",),
+    "usergroups.list": ("usergroups:read",),
+    "conversations.info": ("channels:read", "groups:read"),
+    "conversations.history": ("channels:history", "groups:history"),
+    "conversations.join": ("channels:join",),
+    "views.open": (),
+    "views.update": (),
+    "files.getUploadURLExternal": ("files:write",),
+    "files.completeUploadExternal": ("files:write",),
+}
+
+
+def manifest_scopes() -> frozenset[str]:
+    """The bot scopes manifest.yml asks for."""
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    return frozenset(manifest["oauth_config"]["scopes"]["bot"])
 
 
 class Call(NamedTuple):
@@ -66,7 +98,7 @@ class Upload:
 class _Fault:
     status: int
     error: str
-    retry_after: int | None
+    retry_after: float | str | None  # sent as the Retry-After header's text
     times: int
     applied: bool = False
 
@@ -128,6 +160,7 @@ class FakeSlack:
         if self._server is None:
             raise RuntimeError("FakeSlack is not started")
         host, port = self._server.server_address[:2]
+        assert isinstance(host, str)  # the bound socket's getsockname(): a str host
         return f"http://{host}:{port}/"
 
     @property
@@ -142,12 +175,15 @@ class FakeSlack:
             self._messages: dict[str, dict[str, dict[str, Any]]] = {}
             self._ephemerals: list[dict[str, Any]] = []
             self._views: list[dict[str, Any]] = []
+            self._view_updates: list[dict[str, Any]] = []
             self._uploads: dict[str, Upload] = {}
             self._upload_posts: list[str] = []
             self._responses: list[Response] = []
             self._faults: dict[str, deque[_Fault]] = {}
             self._delays: dict[str, _Delay] = {}
             self._errors: list[str] = []
+            self.scopes: frozenset[str] = manifest_scopes()
+            self._triggers: dict[str, float] = {}
             self._users: dict[str, dict[str, Any]] = {}
             self._channels: dict[str, dict[str, Any]] = {}
             # Slack timestamps as integer microseconds, so each one is unique and later; they
@@ -220,6 +256,17 @@ class FakeSlack:
         with self._cond:
             self._channels[channel_id] = channel
         return channel
+
+    def issue_trigger(self, trigger_id: str, *, age: float = 0.0) -> None:
+        """A trigger ID Slack issued `age` seconds ago (with a slash command or a click).
+
+        It opens one modal within 3 seconds of being issued
+        (https://api.slack.com/interactivity/handling#modal_responses: "trigger_id … expires
+        in 3 seconds"); after that `views.open` answers `expired_trigger_id`, and an ID Slack
+        never issued `invalid_trigger_id` (https://api.slack.com/methods/views.open#errors).
+        """
+        with self._cond:
+            self._triggers[trigger_id] = time.monotonic() - age
 
     def archive_channel(self, channel_id: str) -> None:
         """Archive the channel: from now on posting, updating and sharing files in it fail with
@@ -299,9 +346,15 @@ class FakeSlack:
 
     @property
     def views(self) -> list[dict[str, Any]]:
-        """Every view opened with `views.open`, as the fake returned it."""
+        """Every view opened with `views.open`, as it now stands (after any `views.update`)."""
         with self._cond:
             return list(self._views)
+
+    @property
+    def view_updates(self) -> list[dict[str, Any]]:
+        """Every view `views.update` put up, in order."""
+        with self._cond:
+            return list(self._view_updates)
 
     @property
     def uploads(self) -> list[Upload]:
@@ -395,6 +448,16 @@ class FakeSlack:
         serve = _METHODS.get(method)
         if serve is None:
             return _Reply.json({"ok": False, "error": "unknown_method"})
+        needed = METHOD_SCOPES[method]
+        if needed and not self.scopes.intersection(needed):
+            return _Reply.json(
+                {
+                    "ok": False,
+                    "error": "missing_scope",
+                    "needed": ",".join(needed),
+                    "provided": ",".join(sorted(self.scopes)),
+                }
+            )
         return _Reply.json(serve(self, params))
 
     def _upload(self, file_id: str, data: bytes) -> _Reply:
@@ -449,20 +512,33 @@ def _auth_test(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _channel_error(
-    fake: FakeSlack, channel: str | None, *, writing: bool = True
+    fake: FakeSlack, channel: str | None, *, writing: bool = True, posting: bool = False
 ) -> dict[str, Any] | None:
+    """Slack's refusal of a call in `channel`, or None.
+
+    Membership, as Slack has it: with `chat:write.public` a bot posts (and edits its posts) in
+    a public channel it never joined (https://api.slack.com/scopes/chat:write.public); reading
+    history and sharing files there need membership, answered `not_in_channel`
+    (https://api.slack.com/methods/conversations.history, "not_in_channel";
+    https://api.slack.com/methods/files.completeUploadExternal). A private channel the bot is
+    not in does not exist for it: `channel_not_found`.
+    """
     if not channel:
         return {"ok": False, "error": "channel_not_found"}
     known = fake._channels.get(channel)
+    if known is not None and not known["is_member"] and known["is_private"]:
+        return {"ok": False, "error": "channel_not_found"}
     if writing and known is not None and known["is_archived"]:
         return {"ok": False, "error": "is_archived"}
     if known is not None and not known["is_member"]:
+        if posting and "chat:write.public" in fake.scopes:
+            return None
         return {"ok": False, "error": "not_in_channel"}
     return None
 
 
 def _content(params: dict[str, Any]) -> dict[str, Any]:
-    content = {}
+    content: dict[str, Any] = {}
     for key in ("text", "blocks", "attachments", "metadata"):
         if key in params:
             value = params[key]
@@ -475,8 +551,9 @@ def _content(params: dict[str, Any]) -> dict[str, Any]:
 
 def _post_message(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
     channel = params.get("channel")
-    if (error := _channel_error(fake, channel)) is not None:
+    if (error := _channel_error(fake, channel, posting=True)) is not None:
         return error
+    assert channel is not None  # _channel_error refuses a missing channel
     content = _content(params)
     if not any(content.get(k) for k in ("text", "blocks", "attachments")):
         return {"ok": False, "error": "no_text"}
@@ -490,9 +567,10 @@ def _post_message(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
 
 def _update(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
     channel, ts = params.get("channel"), params.get("ts")
-    if (error := _channel_error(fake, channel)) is not None:
+    if (error := _channel_error(fake, channel, posting=True)) is not None:
         return error
-    message = fake._messages.get(channel, {}).get(ts)
+    assert channel is not None  # _channel_error refuses a missing channel
+    message = fake._messages.get(channel, {}).get(ts) if ts is not None else None
     if message is None:
         return {"ok": False, "error": "message_not_found"}
     message.update(_content(params))
@@ -536,6 +614,7 @@ def _history(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
     channel = params.get("channel")
     if (error := _channel_error(fake, channel, writing=False)) is not None:
         return error
+    assert channel is not None  # _channel_error refuses a missing channel
     oldest = float(params.get("oldest") or 0)
     limit = int(params.get("limit") or 100)
     with_metadata = str(params.get("include_all_metadata", "")).lower() in ("1", "true")
@@ -550,16 +629,64 @@ def _history(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "messages": found[:limit], "has_more": len(found) > limit}
 
 
+def _conversations_join(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
+    """A bot joins a public channel by itself; a private one needs an invitation
+    (https://api.slack.com/methods/conversations.join: `method_not_supported_for_channel_type`,
+    `is_archived`, `channel_not_found`)."""
+    channel = fake._channels.get(params.get("channel", ""))
+    if channel is None or (channel["is_private"] and not channel["is_member"]):
+        return {"ok": False, "error": "channel_not_found"}
+    if channel["is_private"]:
+        return {"ok": False, "error": "method_not_supported_for_channel_type"}
+    if channel["is_archived"]:
+        return {"ok": False, "error": "is_archived"}
+    already = channel["is_member"]
+    channel["is_member"] = True
+    answer: dict[str, Any] = {"ok": True, "channel": channel}
+    if already:
+        answer["warning"] = "already_in_channel"
+    return answer
+
+
+TRIGGER_SECONDS = 3.0
+
+
 def _views_open(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
     view = params.get("view")
     if isinstance(view, str):
         view = json.loads(view)
-    if not params.get("trigger_id") or not isinstance(view, dict):
+    trigger = params.get("trigger_id")
+    if not trigger or not isinstance(view, dict):
         return {"ok": False, "error": "invalid_arguments"}
+    issued = fake._triggers.get(trigger)
+    if issued is None:
+        return {"ok": False, "error": "invalid_trigger_id"}
+    if time.monotonic() - issued > TRIGGER_SECONDS:
+        return {"ok": False, "error": "expired_trigger_id"}
     opened = {"id": fake._next_id("V"), "team_id": TEAM_ID, "hash": fake._next_ts(), **view}
     opened.setdefault("state", {"values": {}})
     fake._views.append(opened)
     return {"ok": True, "view": opened}
+
+
+def _views_update(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
+    """Replace an open view by its ID (https://api.slack.com/methods/views.update): an ID the
+    fake never opened is `not_found`; a stale `hash` is `hash_conflict`."""
+    view = params.get("view")
+    if isinstance(view, str):
+        view = json.loads(view)
+    if not isinstance(view, dict) or not params.get("view_id"):
+        return {"ok": False, "error": "invalid_arguments"}
+    for i, shown in enumerate(fake._views):
+        if shown["id"] == params["view_id"]:
+            if params.get("hash") and params["hash"] != shown["hash"]:
+                return {"ok": False, "error": "hash_conflict"}
+            updated = {"id": shown["id"], "team_id": TEAM_ID, "hash": fake._next_ts(), **view}
+            updated.setdefault("state", {"values": {}})
+            fake._views[i] = updated
+            fake._view_updates.append(updated)
+            return {"ok": True, "view": updated}
+    return {"ok": False, "error": "not_found"}
 
 
 def _get_upload_url(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
@@ -625,7 +752,9 @@ _METHODS: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
     "users.info": _users_info,
     "conversations.info": _conversations_info,
     "conversations.history": _history,
+    "conversations.join": _conversations_join,
     "views.open": _views_open,
+    "views.update": _views_update,
     "files.getUploadURLExternal": _get_upload_url,
     "files.completeUploadExternal": _complete_upload,
 }
@@ -759,7 +888,9 @@ class _Handler(BaseHTTPRequestHandler):
         message = BytesParser(policy=HTTP).parsebytes(header + body)
         for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition")
+            assert isinstance(name, str)  # every part the clients send is named
             payload = part.get_payload(decode=True) or b""
+            assert isinstance(payload, bytes)  # decode=True: a leaf part's bytes
             if part.get_filename() is not None:
                 yield name, payload, True
             else:
@@ -857,8 +988,14 @@ class SlackDriver:
             "api_app_id": "A_FAKE",
             "is_enterprise_install": "false",
             "response_url": response_url,
-            "trigger_id": trigger_id or f"{n}.{n}.fake-trigger",
+            "trigger_id": self._trigger(trigger_id or f"{n}.{n}.fake-trigger"),
         }
+
+    def _trigger(self, trigger_id: str) -> str:
+        """A trigger Slack issued just now (the fake then knows when it expires)."""
+        if self.fake is not None:
+            self.fake.issue_trigger(trigger_id)
+        return trigger_id
 
     def request(
         self,
@@ -996,6 +1133,7 @@ def view_submission(
     private_metadata: str = "",
     user_id: str = "U_ADMIN",
     team_id: str = TEAM_ID,
+    view_id: str = "V_FAKE",
 ) -> dict[str, Any]:
     """A `view_submission` payload; `values` is `state.values` (block_id → action_id → value).
 
@@ -1017,7 +1155,7 @@ def view_submission(
         "token": "fake-verification-token",
         "trigger_id": "1.1.fake-trigger",
         "view": {
-            "id": "V_FAKE",
+            "id": view_id,
             "type": "modal",
             "callback_id": callback_id,
             "private_metadata": private_metadata,

@@ -98,11 +98,47 @@ async def test_post_message_needs_text(client: AsyncWebClient) -> None:
     assert caught.value.response["error"] == "no_text"
 
 
-async def test_post_to_a_channel_the_bot_is_not_in(fake: FakeSlack, client: AsyncWebClient) -> None:
+async def test_a_public_channel_the_bot_is_not_in(fake: FakeSlack, client: AsyncWebClient) -> None:
+    """chat:write.public posts there; history and file shares need membership; joining works."""
+    fake.add_channel("C_OUT", name="outside", is_member=False)
+    posted = await client.chat_postMessage(channel="C_OUT", text="x")
+    await client.chat_update(channel="C_OUT", ts=posted["ts"], text="y")
+    with pytest.raises(SlackApiError) as caught:
+        await client.conversations_history(channel="C_OUT")
+    assert caught.value.response["error"] == "not_in_channel"
+    with pytest.raises(SlackApiError) as caught:
+        await client.files_upload_v2(channel="C_OUT", content=b"a,b", filename="x.csv")
+    assert caught.value.response["error"] == "not_in_channel"
+    assert (await client.conversations_join(channel="C_OUT"))["channel"]["is_member"] is True
+    assert (await client.conversations_history(channel="C_OUT"))["messages"]
+
+
+async def test_without_chat_write_public_a_post_needs_membership(
+    fake: FakeSlack, client: AsyncWebClient
+) -> None:
+    fake.scopes = fake.scopes - {"chat:write.public"}
     fake.add_channel("C_OUT", name="outside", is_member=False)
     with pytest.raises(SlackApiError) as caught:
         await client.chat_postMessage(channel="C_OUT", text="x")
     assert caught.value.response["error"] == "not_in_channel"
+
+
+async def test_a_private_channel_the_bot_is_not_in_does_not_exist_for_it(
+    fake: FakeSlack, client: AsyncWebClient
+) -> None:
+    fake.add_channel("G_SECRET", name="secret", is_private=True, is_member=False)
+    for call in (
+        client.chat_postMessage(channel="G_SECRET", text="x"),
+        client.conversations_history(channel="G_SECRET"),
+        client.conversations_join(channel="G_SECRET"),
+    ):
+        with pytest.raises(SlackApiError) as caught:
+            await call
+        assert caught.value.response["error"] == "channel_not_found"
+    fake.add_channel("G_IN", name="in", is_private=True)
+    with pytest.raises(SlackApiError) as caught:
+        await client.conversations_join(channel="G_IN")
+    assert caught.value.response["error"] == "method_not_supported_for_channel_type"
 
 
 async def test_post_ephemeral(fake: FakeSlack, client: AsyncWebClient) -> None:
@@ -142,6 +178,7 @@ async def test_conversations_info(client: AsyncWebClient) -> None:
 
 async def test_views_open(fake: FakeSlack, client: AsyncWebClient) -> None:
     view = {"type": "modal", "callback_id": "connect", "title": {"type": "plain_text", "text": "x"}}
+    fake.issue_trigger("1.1.t")
     answer = await client.views_open(trigger_id="1.1.t", view=view)
     assert answer["view"]["callback_id"] == "connect"
     assert answer["view"]["id"].startswith("V")
@@ -345,7 +382,8 @@ async def test_delay_holds_back_the_answer_not_the_work(
 
 
 async def test_delay_until_removed_and_a_client_that_gives_up(fake: FakeSlack) -> None:
-    impatient = AsyncWebClient(base_url=fake.base_url, token="xoxb-test", timeout=0.2)
+    # slack_sdk annotates `timeout` as int seconds, but aiohttp takes (and this test needs) a float.
+    impatient = AsyncWebClient(base_url=fake.base_url, token="xoxb-test", timeout=0.2)  # type: ignore[arg-type]
     fake.delay("users.info", 0.6)
     for _ in range(2):  # no `times`: every call waits
         with pytest.raises((TimeoutError, aiohttp.ClientError)):
@@ -448,12 +486,13 @@ def test_signature_options(app_server: tuple[str, list]) -> None:
     origin, seen = app_server
     driver = SlackDriver(origin + "/custom/path", SECRET)
     verifier = SignatureVerifier(SECRET)
-    for options, valid in [
+    cases: list[tuple[dict[str, bool | str], bool]] = [
         ({}, True),
         ({"stale": True}, False),
         ({"signature": "wrong"}, False),
         ({"signature": "missing"}, False),
-    ]:
+    ]
+    for options, valid in cases:
         driver.command_sync("help", **options)
         path, headers, body = seen[-1]
         assert path == "/custom/path"
@@ -545,3 +584,30 @@ async def test_history_returns_newest_first_with_metadata_on_request(fake):
     plain = await client.conversations_history(channel="C_LINKED", oldest=first["ts"])
     assert [m["text"] for m in plain["messages"]] == ["two"]
     assert "metadata" not in plain["messages"][0]
+
+
+async def test_a_trigger_opens_a_modal_only_within_3_seconds(
+    fake: FakeSlack, client: AsyncWebClient
+) -> None:
+    fake.issue_trigger("1.fresh")
+    assert (await client.views_open(trigger_id="1.fresh", view={"type": "modal"}))["ok"]
+    fake.issue_trigger("2.old", age=3.5)
+    for trigger, error in (("2.old", "expired_trigger_id"), ("3.never", "invalid_trigger_id")):
+        with pytest.raises(SlackApiError) as caught:
+            await client.views_open(trigger_id=trigger, view={"type": "modal"})
+        assert caught.value.response["error"] == error
+
+
+async def test_views_update_replaces_an_open_view(fake: FakeSlack, client: AsyncWebClient) -> None:
+    fake.issue_trigger("1.t")
+    opened = (await client.views_open(trigger_id="1.t", view={"type": "modal", "blocks": []}))[
+        "view"
+    ]
+    await client.views_update(
+        view_id=opened["id"], view={"type": "modal", "blocks": [{"type": "divider"}]}
+    )
+    [shown] = fake.views
+    assert shown["id"] == opened["id"] and shown["blocks"] == [{"type": "divider"}]
+    with pytest.raises(SlackApiError) as caught:
+        await client.views_update(view_id="V_NONE", view={"type": "modal"})
+    assert caught.value.response["error"] == "not_found"

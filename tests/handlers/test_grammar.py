@@ -135,8 +135,12 @@ def test_costs_good_forms(text: str, expected: Costs) -> None:
 
 def test_costs_window_edges_relative_to_today() -> None:
     # END may be the first of next month (this month included); START may be 24 months back.
-    assert parse("costs 2024-06 2024-07", today=TODAY).end == date(2024, 7, 1)
-    assert parse("costs 2022-06 2022-07", today=TODAY).start == date(2022, 6, 1)
+    this_month = parse("costs 2024-06 2024-07", today=TODAY)
+    assert isinstance(this_month, Costs)
+    assert this_month.end == date(2024, 7, 1)
+    two_years_back = parse("costs 2022-06 2022-07", today=TODAY)
+    assert isinstance(two_years_back, Costs)
+    assert two_years_back.start == date(2022, 6, 1)
     # Without a `today` the window is not checked at all.
     assert parse("costs 2030-01 2030-02") == Costs(date(2030, 1, 1), date(2030, 2, 1))
 

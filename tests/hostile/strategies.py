@@ -3,6 +3,8 @@ and arbitrary unicode, control characters, path and injection tricks, very long 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hypothesis import strategies as st
 
 from handlers.grammar import GROUP_BY
@@ -132,7 +134,9 @@ WORDS = (
 
 def _cased(words: tuple[str, ...]) -> st.SearchStrategy[str]:
     # A tuple and a map rather than a flatmap: flatmap is slow to generate and to shrink.
-    cases = st.sampled_from([str, str.upper, str.title, str.swapcase])
+    cases: st.SearchStrategy[Callable[[str], str]] = st.sampled_from(
+        [str, str.upper, str.title, str.swapcase]
+    )
     return st.tuples(st.sampled_from(words), cases).map(lambda wc: wc[1](wc[0]))
 
 

@@ -67,8 +67,8 @@ def check_command(command: grammar.Command) -> None:
             )
         case grammar.OnCall(kind=kind, id=ident):
             assert (kind, ident) == (None, None) or (
-                (kind == "user" and USER.fullmatch(ident))
-                or (kind == "usergroup" and GROUP.fullmatch(ident))
+                (kind == "user" and ident is not None and USER.fullmatch(ident))
+                or (kind == "usergroup" and ident is not None and GROUP.fullmatch(ident))
             )
         case grammar.Digest(action=action, day=day, time=at):
             assert action in ("on", "off", "now")

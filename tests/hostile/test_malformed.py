@@ -8,12 +8,13 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 from sqlalchemy import func, inspect, select, table
 
 from bot.slack.guard import MAX_BODY_BYTES
-from tests.app.conftest import CHANNEL, SECRET
+from tests.app.conftest import CHANNEL, SECRET, Bot
 from tests.fakes.slack import block_action, view_submission
 
 FORM = "application/x-www-form-urlencoded"
@@ -75,11 +76,14 @@ def click(**changes) -> dict:
 
 FIELDS = ("command", "text", "user_id", "channel_id", "team_id", "response_url", "trigger_id")
 
-MALFORMED = {
-    **{
-        f"command without {name}": lambda bot, n=name: urlencode(command(bot, **{n: None}))
-        for name in FIELDS
-    },
+
+def _command_without(name: str) -> Callable[[Bot], str]:
+    """The "command without NAME" case: a command body lacking that field."""
+    return lambda bot: urlencode(command(bot, **{name: None}))
+
+
+MALFORMED: dict[str, Callable[[Bot], str]] = {
+    **{f"command without {name}": _command_without(name) for name in FIELDS},
     "blank user_id": lambda bot: urlencode(command(bot, user_id="")),
     "user_id with a path": lambda bot: urlencode(command(bot, user_id="U1/../U2")),
     "lower-case channel_id": lambda bot: urlencode(command(bot, channel_id="c_linked")),

@@ -2,6 +2,7 @@
 
 import json
 from datetime import date
+from typing import TypedDict, Unpack
 
 from bot.render.blocks import (
     MAX_BLOCKS,
@@ -14,8 +15,27 @@ from bot.render.terminal import blocks_to_text, mrkdwn_to_text
 from bot.services.spend import CostSummary, InvoiceSummary, PendingSummary
 
 
-def _invoice(**overrides) -> InvoiceSummary:
-    values = {
+class _InvoiceFields(TypedDict, total=False):
+    """The fields of `InvoiceSummary`."""
+
+    org_id: str
+    invoice_id: str
+    status: str
+    start: date | None
+    end: date | None
+    usage_cents: int
+    credits_cents: int
+    tax_cents: int
+    billed_cents: int
+    owed_cents: int
+    line_items: int
+    by_project: tuple[tuple[str, int], ...]
+    by_sku: tuple[tuple[str, int], ...]
+    by_cluster: tuple[tuple[str, int], ...]
+
+
+def _invoice(**overrides: Unpack[_InvoiceFields]) -> InvoiceSummary:
+    values: _InvoiceFields = {
         "org_id": "a" * 24,
         "invoice_id": "b" * 24,
         "status": "PENDING",

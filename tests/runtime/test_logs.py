@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import httpx
 import pytest
@@ -81,7 +82,25 @@ def configure() -> Iterator:
     logging.captureWarnings(False)
 
 
-def settings(**values: str) -> Settings:
+class _TextSettings(TypedDict, total=False):
+    """The `Settings` fields that hold text, by their environment names."""
+
+    MONGODB_ATLAS_BASE_URL: str
+    MONGODB_ATLAS_CLIENT_ID: str
+    MONGODB_ATLAS_CLIENT_SECRET: str
+    MONGODB_ATLAS_PUBLIC_API_KEY: str
+    MONGODB_ATLAS_PRIVATE_API_KEY: str
+    SLACK_BOT_TOKEN: str
+    SLACK_SIGNING_SECRET: str
+    SLACK_APP_TOKEN: str
+    SLACK_API_URL: str
+    DATABASE_URL: str
+    BOT_SECRET_KEY: str
+    BOT_LOG_LEVEL: str
+    BOT_LOG_FORMAT: str
+
+
+def settings(**values: Unpack[_TextSettings]) -> Settings:
     return Settings(_env_file=None, **values)
 
 
@@ -107,7 +126,8 @@ def test_serve_logs_json_lines_with_time_level_logger_message_and_extras(configu
     assert (info["org_id"], info["attempt"]) == ("5f1a2b3c4d5e6f7a8b9c0d1e", 2)
     assert info["time"].endswith("Z")
     moment = datetime.fromisoformat(info["time"].replace("Z", "+00:00"))
-    assert moment.utcoffset().total_seconds() == 0
+    offset = moment.utcoffset()
+    assert offset is not None and offset.total_seconds() == 0
     assert abs((datetime.now(UTC) - moment).total_seconds()) < 60
     assert "exc_info" not in info
     assert (error["level"], error["message"]) == ("ERROR", "the job failed")
@@ -187,7 +207,9 @@ def test_configured_secrets_are_redacted_everywhere_in_the_line(configure) -> No
     assert f"RuntimeError: token {REDACTED} refused" in failure["exc_info"]
 
 
-@pytest.mark.parametrize(("text", "expected"), list(SHAPED.items()))
+@pytest.mark.parametrize(
+    ("text", "expected"), list(SHAPED.items()), ids=[f"shape-{n}" for n in range(len(SHAPED))]
+)
 def test_credential_shapes_are_redacted_without_being_registered(text, expected) -> None:
     redactor = Redactor()
     assert (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar, cast
 
 import pytest
 from sqlalchemy import text
@@ -23,7 +24,10 @@ def wait_until(condition: Callable[[], bool], *, timeout: float = 10.0, what: st
         time.sleep(0.01)
 
 
-def run_together(n: int, fn: Callable[[int], object]) -> list[object]:
+T = TypeVar("T")
+
+
+def run_together(n: int, fn: Callable[[int], T]) -> list[T]:
     """Run `fn(0) … fn(n-1)` on n threads released at the same moment; re-raise any failure."""
     barrier = threading.Barrier(n)
     results: list[object] = [None] * n
@@ -44,7 +48,8 @@ def run_together(n: int, fn: Callable[[int], object]) -> list[object]:
     assert not any(t.is_alive() for t in threads), "a worker thread hung"
     if errors:
         raise errors[0]
-    return results
+    # No thread failed or hung, so every slot now holds that thread's `fn(i)`.
+    return cast("list[T]", results)
 
 
 ORG_A = "5f1a2b3c4d5e6f7a8b9c0d1e"

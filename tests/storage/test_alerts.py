@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict, Unpack
 
 import pytest
 from sqlalchemy import text
@@ -18,14 +19,37 @@ from tests.storage.conftest import ORG_B, blocked_on_lock, make_link, run_togeth
 T0 = datetime(2025, 6, 20, 12, 0, tzinfo=UTC)
 
 
-def record(session: Session, link: ChannelLink, levels, *, period: str = "2025-06", **overrides):
-    values = {
+class LevelFields(TypedDict, total=False):
+    """The amounts and time `alerts.record_levels` stores with each alert."""
+
+    amount_cents: int
+    threshold_cents: int
+    forecast_cents: int | None
+    now: datetime | None
+
+
+def record(
+    session: Session,
+    link: ChannelLink,
+    levels,
+    *,
+    period: str = "2025-06",
+    **overrides: Unpack[LevelFields],
+):
+    values: LevelFields = {
         "amount_cents": 85_000,
         "threshold_cents": 100_000,
         "forecast_cents": 130_000,
         "now": T0,
     } | overrides
     return alerts.record_levels(session, link=link, period=period, levels=levels, **values)
+
+
+def stored_alert(session: Session, alert_id: int) -> Alert:
+    """The stored alert, which the test knows exists."""
+    alert = alerts.get_alert(session, id=alert_id)
+    assert alert is not None
+    return alert
 
 
 def count_alerts(db: Database) -> int:
@@ -35,6 +59,7 @@ def count_alerts(db: Database) -> int:
 
 def test_record_levels_stores_each_new_level_once(db: Database) -> None:
     link = make_link(db)
+    assert link.id is not None
     with db.session() as session:
         first = record(session, link, ["80", "50"])
     assert [a.level for a in first] == ["50", "80"]
@@ -96,12 +121,14 @@ def test_the_database_checks_the_level_too(db: Database) -> None:
     with db.session() as session:
         record(session, link, ["50"])
     with pytest.raises(IntegrityError), db.session() as session:
-        session.exec(text("UPDATE alert SET level = '90'"))
+        # Raw SQL on the session's own connection (sqlmodel's `exec` is typed for ORM statements).
+        session.connection().execute(text("UPDATE alert SET level = '90'"))
 
 
 @pytest.mark.parametrize("racers", [2, 6])
 def test_concurrent_records_insert_each_level_once(db: Database, racers: int) -> None:
     link = make_link(db)
+    assert link.id is not None
     level_sets = [["50", "80", "100"], ["100", "80", "50"], ["80"], ["forecast", "50"]]
 
     def run(i: int) -> list[tuple[int | None, str]]:
@@ -130,7 +157,8 @@ def test_losing_the_insert_race_keeps_the_callers_transaction(db: Database) -> N
     def b() -> list[str]:
         with db.session() as session:
             if db.dialect == "postgresql":
-                pid_of_b.append(session.exec(text("SELECT pg_backend_pid()")).scalar_one())
+                pid = session.connection().execute(text("SELECT pg_backend_pid()")).scalar_one()
+                pid_of_b.append(pid)
             audit.record(session, team_id="T1", channel_id="C1", user_id="UB", action="alert")
             return [a.level for a in record(session, link, ["50", "80"])]
 
@@ -157,7 +185,7 @@ def test_get_alert_and_set_outbox_key(db: Database) -> None:
         with pytest.raises(ValueError):
             alerts.set_outbox_key(session, ids=[a100.id], key="k" * 161)
     with db.session() as session:
-        keys = [alerts.get_alert(session, id=a.id).outbox_key for a in (a50, a80, a100)]
+        keys = [stored_alert(session, a.id).outbox_key for a in (a50, a80, a100)]
         assert alerts.get_alert(session, id=a100.id + 1000) is None
     assert keys == ["alert:1:2025-06:80", "alert:1:2025-06:80", None]
 
@@ -169,12 +197,14 @@ def test_acknowledge_only_the_first_time(db: Database) -> None:
 
     with db.session() as session:
         first = alerts.acknowledge(session, id=alert.id, user_id="U1", now=T0)
+        assert first is not None
         assert (first.acknowledged_by, first.acknowledged_at) == ("U1", T0)
     with db.session() as session:
         later = alerts.acknowledge(session, id=alert.id, user_id="U2", now=T0 + timedelta(hours=1))
+        assert later is not None
         assert (later.acknowledged_by, later.acknowledged_at) == ("U1", T0)  # the first stands
         assert alerts.acknowledge(session, id=alert.id + 1000, user_id="U2") is None
-        stored = alerts.get_alert(session, id=alert.id)
+        stored = stored_alert(session, alert.id)
     assert (stored.acknowledged_by, stored.acknowledged_at) == ("U1", T0)
 
 
@@ -197,17 +227,20 @@ def test_concurrent_acknowledgements_have_one_winner(db: Database) -> None:
 
     def ack(i: int) -> str | None:
         with db.session() as session:
-            return alerts.acknowledge(session, id=alert.id, user_id=f"U{i}").acknowledged_by
+            acknowledged = alerts.acknowledge(session, id=alert.id, user_id=f"U{i}")
+            assert acknowledged is not None
+            return acknowledged.acknowledged_by
 
     results = run_together(5, ack)
 
     [winner] = set(results)  # every caller is told the same, first, acknowledger
     with db.session() as session:
-        assert alerts.get_alert(session, id=alert.id).acknowledged_by == winner
+        assert stored_alert(session, alert.id).acknowledged_by == winner
 
 
 def test_snooze_and_snoozed_until(db: Database) -> None:
     link = make_link(db)
+    assert link.id is not None
     other = make_link(db, org_id=ORG_B)
     with db.session() as session:
         a50, a80 = record(session, link, ["50", "80"])
@@ -225,7 +258,7 @@ def test_snooze_and_snoozed_until(db: Database) -> None:
         assert (
             alerts.snoozed_until(session, link_id=link.id, now=T0 + timedelta(days=1)) is None
         )  # ended exactly now
-        stored = alerts.get_alert(session, id=a80.id)
+        stored = stored_alert(session, a80.id)
         assert (stored.snoozed_by, stored.snoozed_until) == ("U2", T0 + timedelta(hours=2))
 
         # Snoozing again replaces the earlier snooze on that alert (here: shortens it).

@@ -16,6 +16,7 @@ T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 def furnish(db: Database, link: ChannelLink, token: str) -> None:
     """A threshold, a schedule, alerts and a digest query for `link`."""
+    assert link.id is not None
     with db.session() as session:
         thresholds.set_threshold(session, link_id=link.id, amount_cents=1000, updated_by="U")
         digests.set_schedule(
@@ -58,7 +59,9 @@ def counts(db: Database, link_id: int) -> dict[str, int]:
 
 def test_remove_link_cascades_to_the_links_rows_only(db: Database) -> None:
     doomed = make_link(db, org_id=ORG_A)
+    assert doomed.id is not None
     kept = make_link(db, org_id=ORG_B)
+    assert kept.id is not None
     furnish(db, doomed, "a" * 64)
     furnish(db, kept, "b" * 64)
     with db.session() as session:
@@ -84,6 +87,7 @@ def test_remove_link_cascades_to_the_links_rows_only(db: Database) -> None:
     assert counts(db, doomed.id) == dict.fromkeys(full, 0)
     assert counts(db, kept.id) == full
     with db.session() as session:
+        assert chat.id is not None
         assert costs.get_query(session, id=chat.id) is not None  # not tied to a link
         # Outbox messages are not tied to links: one already queued is still posted.
         assert session.exec(select(func.count()).select_from(OutboxMessage)).one() == 1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from itertools import count
+from typing import Any, TypedDict, Unpack
 
 import pytest
 from sqlalchemy import text
@@ -20,8 +22,34 @@ T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 _tokens = count(1)
 
 
-def add(db: Database, *, due: datetime = T0, **overrides) -> CostQuery:
-    fields = {
+class QueryFields(TypedDict, total=False):
+    """The keyword arguments of `costs.add_query`."""
+
+    token: str
+    org_id: str
+    team_id: str
+    channel_id: str
+    requested_by: str
+    params: Mapping[str, Any]
+    next_poll_at: datetime
+    message_ts: str | None
+    now: datetime | None
+    purpose: QueryPurpose | str
+    link_id: int | None
+    digest_month: str | None
+    digest_key: str | None
+
+
+class DigestFields(TypedDict):
+    """The digest keyword arguments of `costs.add_query`, less the `digest_key`."""
+
+    purpose: str
+    link_id: int | None
+    digest_month: str
+
+
+def add(db: Database, *, due: datetime = T0, **overrides: Unpack[QueryFields]) -> CostQuery:
+    fields: QueryFields = {
         "token": f"{next(_tokens):064x}",
         "org_id": ORG,
         "team_id": "T1",
@@ -132,6 +160,7 @@ def test_concurrent_claimers_get_each_due_row_exactly_once(db: Database, claimer
 
 def test_an_expired_lease_can_be_taken_over(db: Database) -> None:
     query = add(db)
+    assert query.id is not None
     assert [q.id for q in claim(db, "w1", now=T0, lease=30)] == [query.id]
 
     assert claim(db, "w2", now=T0 + timedelta(seconds=29)) == []
@@ -151,6 +180,7 @@ def test_an_expired_lease_can_be_taken_over(db: Database) -> None:
 
 def test_reschedule_releases_the_lease_and_counts_the_attempt(db: Database) -> None:
     query = add(db)
+    assert query.id is not None
     claim(db, "w1")
     next_poll = T0 + timedelta(seconds=10)
 
@@ -170,6 +200,7 @@ def test_reschedule_releases_the_lease_and_counts_the_attempt(db: Database) -> N
 
 def test_reschedule_needs_the_lease(db: Database) -> None:
     query = add(db)
+    assert query.id is not None
     with db.session() as session:
         assert not costs.reschedule(session, id=query.id, owner="w1", next_poll_at=T0)
     assert load(db, query.id).attempts == 0
@@ -177,7 +208,9 @@ def test_reschedule_needs_the_lease(db: Database) -> None:
 
 def test_finish_succeeds_once(db: Database) -> None:
     query = add(db)
+    assert query.id is not None
     other = add(db)
+    assert other.id is not None
     claim(db, "w1")
     finished_at = T0 + timedelta(seconds=3)
 
@@ -205,6 +238,7 @@ def test_finish_succeeds_once(db: Database) -> None:
 
 def test_finish_needs_a_final_status(db: Database) -> None:
     query = add(db)
+    assert query.id is not None
     claim(db, "w1")
     with db.session() as session:
         with pytest.raises(ValueError):
@@ -217,11 +251,13 @@ def test_finish_needs_a_final_status(db: Database) -> None:
 
 def test_concurrent_finishes_record_one_result(db: Database) -> None:
     query = add(db)
+    assert query.id is not None
+    query_id = query.id
     claim(db, "w1")
 
     def finish(_: int) -> bool:
         with db.session() as session:
-            return costs.finish(session, id=query.id, owner="w1", status="done")
+            return costs.finish(session, id=query_id, owner="w1", status="done")
 
     assert sorted(run_together(4, finish)) == [False, False, False, True]
 
@@ -230,7 +266,9 @@ def test_concurrent_finishes_record_one_result(db: Database) -> None:
 
 
 def test_chat_queries_have_no_digest_fields(db: Database) -> None:
-    stored = load(db, add(db).id)
+    query = add(db)
+    assert query.id is not None
+    stored = load(db, query.id)
     assert (stored.purpose, stored.link_id, stored.digest_month, stored.digest_key) == (
         QueryPurpose.CHAT,
         None,
@@ -243,6 +281,7 @@ def test_digest_query_fields_are_stored(db: Database) -> None:
     link = make_link(db)
     key = f"digest:{link.id}:2025-05"
     query = add(db, purpose="digest", link_id=link.id, digest_month="2025-05", digest_key=key)
+    assert query.id is not None
 
     stored = load(db, query.id)
     assert (stored.purpose, stored.link_id, stored.digest_month, stored.digest_key) == (
@@ -252,7 +291,8 @@ def test_digest_query_fields_are_stored(db: Database) -> None:
         key,
     )
     with db.session() as session:
-        assert costs.digest_query(session, digest_key=key).id == query.id
+        stored_digest = costs.digest_query(session, digest_key=key)
+        assert stored_digest is not None and stored_digest.id == query.id
         assert costs.digest_query(session, digest_key="digest:0:2025-05") is None
 
 
@@ -276,7 +316,7 @@ def test_a_duplicate_digest_key_raises_already_exists_and_keeps_the_transaction(
 ) -> None:
     link = make_link(db)
     key = f"digest:{link.id}:2025-05"
-    digest = {"purpose": "digest", "link_id": link.id, "digest_month": "2025-05"}
+    digest: DigestFields = {"purpose": "digest", "link_id": link.id, "digest_month": "2025-05"}
     first = add(db, digest_key=key, **digest)
 
     with db.session() as session:
@@ -310,7 +350,9 @@ def test_a_duplicate_digest_key_raises_already_exists_and_keeps_the_transaction(
 
     with db.session() as session:
         assert [e.action for e in audit.entries(session)] == ["digest"]
-        assert costs.digest_query(session, digest_key=key).id == first.id
+        stored_digest = costs.digest_query(session, digest_key=key)
+        assert stored_digest is not None and stored_digest.id == first.id
+        assert later.id is not None
         assert costs.get_query(session, id=later.id) is not None
         assert costs.pending_count(session) == 2
 
@@ -334,7 +376,8 @@ def test_concurrent_starts_of_the_same_digest_store_one_query(db: Database) -> N
 def test_the_database_checks_the_purpose(db: Database) -> None:
     add(db)
     with pytest.raises(IntegrityError), db.session() as session:
-        session.exec(text("UPDATE cost_query SET purpose = 'report'"))
+        # Raw SQL on the session's own connection (sqlmodel's `exec` is typed for ORM statements).
+        session.connection().execute(text("UPDATE cost_query SET purpose = 'report'"))
 
 
 def test_a_digest_query_needs_an_existing_link(db: Database) -> None:

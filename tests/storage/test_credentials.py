@@ -140,13 +140,16 @@ def test_the_schema_refuses_unknown_kinds_and_duplicate_orgs(db: Database) -> No
     )
     for org, kind in ((ORG_B, "password"), (ORG_A, "api_key")):
         with pytest.raises(IntegrityError), db.session() as session:
-            session.exec(text(insert), params={"org": org, "kind": kind, "c": b"c", "at": T0})
+            # Raw SQL on the session's own connection (sqlmodel's `exec` is typed for ORM statements).
+            params = {"org": org, "kind": kind, "c": b"c", "at": T0}
+            session.connection().execute(text(insert), params)
 
 
 def test_migration_0003_downgrades_and_upgrades(db: Database) -> None:
     _set(db)
     with db.engine.connect() as conn:
         raw = conn.connection.driver_connection
+        assert raw is not None
         if db.dialect == "sqlite":
             raw.execute("PRAGMA foreign_keys = OFF")
         try:

@@ -374,7 +374,8 @@ def test_a_dropped_connection_raises_storage_unavailable_then_recovers(
     killer = make_engine(postgresql_url)
     try:
         with pytest.raises(StorageUnavailable) as info, database.session() as session:
-            pid = session.exec(text("SELECT pg_backend_pid()")).scalar_one()
+            # Raw SQL on the session's own connection (sqlmodel's `exec` is typed for ORM statements).
+            pid = session.connection().execute(text("SELECT pg_backend_pid()")).scalar_one()
             with killer.begin() as conn:
                 assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
             links.all_links(session)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import TypedDict, Unpack
 
 import pytest
 from sqlalchemy import text
@@ -18,8 +19,21 @@ from tests.storage.conftest import ORG_A, ORG_B, make_link, run_together
 T0 = datetime(2025, 6, 1, 9, 0, tzinfo=UTC)
 
 
-def schedule(db: Database, link_id: int, *, next_run_at: datetime = T0, **fields):
-    values = {"day": "1", "hour": 9, "minute": 0, "updated_by": "U1"} | fields
+class ScheduleFields(TypedDict, total=False):
+    """The keyword arguments of `storage.digests.set_schedule` but `link_id` and `next_run_at`."""
+
+    day: str
+    hour: int
+    minute: int
+    updated_by: str
+    timezone: str
+    now: datetime | None
+
+
+def schedule(
+    db: Database, link_id: int, *, next_run_at: datetime = T0, **fields: Unpack[ScheduleFields]
+):
+    values: ScheduleFields = {"day": "1", "hour": 9, "minute": 0, "updated_by": "U1"} | fields
     with db.session() as session:
         return storage.digests.set_schedule(
             session, link_id=link_id, next_run_at=next_run_at, **values
@@ -35,6 +49,7 @@ def load(db: Database, link_id: int) -> DigestSchedule:
 
 def test_set_replace_read_and_clear(db: Database) -> None:
     link = make_link(db)
+    assert link.id is not None
     with db.session() as session:
         assert storage.digests.schedule_for(session, link_id=link.id) is None
 
@@ -77,12 +92,14 @@ def test_set_replace_read_and_clear(db: Database) -> None:
 )
 def test_bad_schedules_are_refused(db: Database, fields: dict) -> None:
     link = make_link(db)
+    assert link.id is not None
     with pytest.raises(ValueError):
         schedule(db, link.id, **fields)
 
 
 def test_day_is_normalised(db: Database) -> None:
     link = make_link(db)
+    assert link.id is not None
     assert schedule(db, link.id, day=" LAST ").day == "last"
 
 
@@ -91,20 +108,25 @@ def test_day_is_normalised(db: Database) -> None:
 )
 def test_the_database_checks_the_ranges_too(db: Database, column: str, value: str) -> None:
     link = make_link(db)
+    assert link.id is not None
     schedule(db, link.id)
     with pytest.raises(IntegrityError), db.session() as session:
-        session.exec(text(f"UPDATE digest_schedule SET {column} = {value}"))
+        # Raw SQL on the session's own connection (sqlmodel's `exec` is typed for ORM statements).
+        session.connection().execute(text(f"UPDATE digest_schedule SET {column} = {value}"))
 
 
 def test_schedules_for_channel(db: Database) -> None:
     b = make_link(db, org_id=ORG_B, channel_id="C1")
+    assert b.id is not None
     a = make_link(db, org_id=ORG_A, channel_id="C1")
+    assert a.id is not None
     make_link(db, org_id=ORG_A, channel_id="C2")  # scheduled, but another channel
     unscheduled = make_link(db, org_id=ORG_A, channel_id="C3")
     schedule(db, a.id, day="2")
     schedule(db, b.id, day="1")
     with db.session() as session:
         other = links.links_for_channel(session, team_id="T1", channel_id="C2")[0]
+    assert other.id is not None
     schedule(db, other.id)
 
     with db.session() as session:
@@ -116,9 +138,13 @@ def test_schedules_for_channel(db: Database) -> None:
 
 def test_due_schedules_oldest_first_with_limit(db: Database) -> None:
     late = make_link(db, channel_id="C1")
+    assert late.id is not None
     early = make_link(db, channel_id="C2")
+    assert early.id is not None
     exactly = make_link(db, channel_id="C3")
+    assert exactly.id is not None
     future = make_link(db, channel_id="C4")
+    assert future.id is not None
     schedule(db, late.id, next_run_at=T0 - timedelta(minutes=1))
     schedule(db, early.id, next_run_at=T0 - timedelta(days=1))
     schedule(db, exactly.id, next_run_at=T0)
@@ -134,6 +160,7 @@ def test_due_schedules_oldest_first_with_limit(db: Database) -> None:
 
 def test_advance_moves_on_only_from_the_value_seen(db: Database) -> None:
     link = make_link(db)
+    assert link.id is not None
     sched = schedule(db, link.id)
     nxt = T0 + timedelta(days=30)
 
@@ -167,6 +194,7 @@ def test_a_next_run_at_read_back_compares_equal_in_sql(db: Database, moment: dat
     microsecond off.
     """
     link = make_link(db)
+    assert link.id is not None
     sched = schedule(db, link.id, next_run_at=moment)
 
     with db.session() as session:  # what the digests job sees
@@ -191,6 +219,7 @@ def test_a_next_run_at_read_back_compares_equal_in_sql(db: Database, moment: dat
 @pytest.mark.parametrize("racers", [2, 6])
 def test_concurrent_advances_from_the_same_value_have_one_winner(db: Database, racers: int) -> None:
     link = make_link(db)
+    assert link.id is not None
     sched = schedule(db, link.id)
     with db.session() as session:
         [(_, due)] = storage.digests.due_schedules(session, now=T0, limit=1)
@@ -216,6 +245,7 @@ def test_replicas_running_the_digest_job_start_each_run_once(db: Database) -> No
     ids = []
     for i in range(8):
         link = make_link(db, channel_id=f"C{i}")
+        assert link.id is not None
         ids.append(schedule(db, link.id, next_run_at=T0 - timedelta(minutes=i)).id)
 
     def job(i: int) -> list[tuple[int, datetime]]:
@@ -223,6 +253,7 @@ def test_replicas_running_the_digest_job_start_each_run_once(db: Database) -> No
         with db.session() as session:
             due = storage.digests.due_schedules(session, now=T0, limit=100)
         for _, sched in due:
+            assert sched.id is not None
             with db.session() as session:
                 if storage.digests.advance(
                     session,

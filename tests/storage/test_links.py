@@ -125,7 +125,8 @@ def test_losing_the_insert_race_keeps_the_callers_transaction(db: Database) -> N
     def b() -> tuple[int | None, bool]:
         with db.session() as session:
             if db.dialect == "postgresql":
-                pid_of_b.append(session.exec(text("SELECT pg_backend_pid()")).scalar_one())
+                pid = session.connection().execute(text("SELECT pg_backend_pid()")).scalar_one()
+                pid_of_b.append(pid)
             audit.record(session, team_id="T1", channel_id="C1", user_id="UB", action="link")
             link, created = links.add_link(
                 session, team_id="T1", channel_id="C1", org_id=ORG_A, created_by="UB"
@@ -185,6 +186,7 @@ def test_enabling_undoes_only_the_given_reason_and_one_link_can_be_enabled(db: D
         a, _ = links.add_link(session, team_id="T1", channel_id="C1", org_id=ORG_A, created_by="U")
         links.add_link(session, team_id="T1", channel_id="C1", org_id=ORG_B, created_by="U")
         links.disable_channel(session, team_id="T1", channel_id="C1", reason="archived")
+        assert a.id is not None
         link_a = a.id
     with db.session() as session:
         assert links.enable_channel(session, team_id="T1", channel_id="C1", reason="other") == []

@@ -37,6 +37,7 @@ def migrating(db: Database) -> Iterator[Connection]:
     """A connection to run Alembic commands on, as `storage.db.upgrade` prepares one."""
     with db.engine.connect() as conn:
         raw = conn.connection.driver_connection
+        assert raw is not None
         if db.dialect == "sqlite":
             raw.execute("PRAGMA foreign_keys = OFF")  # batch mode rebuilds tables
         try:
@@ -122,6 +123,7 @@ def test_upgrade_from_0001_keeps_the_rows_and_fills_the_defaults(empty: Database
         None,
     )
     # The new tables work with the old link.
+    assert link.id is not None
     with empty.session() as session:
         thresholds.set_threshold(session, link_id=link.id, amount_cents=100, updated_by="U")
 
@@ -148,7 +150,8 @@ def test_the_rebuilt_cost_query_table_keeps_its_constraints(
     insert_at_0001(empty)
     upgrade(empty.engine)
     with pytest.raises(IntegrityError), empty.session() as session:
-        session.exec(text(statement))
+        # Raw SQL on the session's own connection (sqlmodel's `exec` is typed for ORM statements).
+        session.connection().execute(text(statement))
         pytest.fail(f"{what} is missing")
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from itertools import count
+from typing import Any, TypedDict, Unpack
 
 import pytest
 from sqlalchemy import text
@@ -21,15 +23,36 @@ PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 _keys = count(1)
 
 
-def enqueue(db: Database, *, key: str | None = None, **overrides) -> tuple[OutboxMessage, bool]:
-    fields = {
+class MessageOverrides(TypedDict, total=False):
+    """The keyword arguments of `outbox.enqueue` but `key`."""
+
+    team_id: str
+    channel_id: str
+    payload: Mapping[str, Any]
+    attachment: bytes | None
+    attachment_name: str | None
+    not_before: datetime | None
+    now: datetime | None
+
+
+class MessageFields(MessageOverrides, total=False):
+    """All the keyword arguments of `outbox.enqueue`."""
+
+    key: str
+
+
+def enqueue(
+    db: Database, *, key: str | None = None, **overrides: Unpack[MessageOverrides]
+) -> tuple[OutboxMessage, bool]:
+    fields: MessageFields = {
         "key": key or f"digest:{next(_keys)}:2025-06",
         "team_id": "T1",
         "channel_id": "C1",
         "payload": {"text": "June digest", "blocks": [{"type": "divider"}], "metadata": {}},
         "now": T0 - timedelta(minutes=1),
         "not_before": T0,
-    } | overrides
+        **overrides,
+    }
     with db.session() as session:
         return outbox.enqueue(session, **fields)
 
@@ -89,7 +112,8 @@ def test_enqueue_checks_its_input(db: Database) -> None:
 def test_the_database_checks_the_status(db: Database) -> None:
     enqueue(db)
     with pytest.raises(IntegrityError), db.session() as session:
-        session.exec(text("UPDATE outbox SET status = 'lost'"))
+        # Raw SQL on the session's own connection (sqlmodel's `exec` is typed for ORM statements).
+        session.connection().execute(text("UPDATE outbox SET status = 'lost'"))
 
 
 def test_enqueue_twice_returns_the_first_message(db: Database) -> None:
@@ -128,7 +152,8 @@ def test_losing_the_enqueue_race_keeps_the_callers_transaction(db: Database) -> 
     def b() -> tuple[int | None, bool]:
         with db.session() as session:
             if db.dialect == "postgresql":
-                pid_of_b.append(session.exec(text("SELECT pg_backend_pid()")).scalar_one())
+                pid = session.connection().execute(text("SELECT pg_backend_pid()")).scalar_one()
+                pid_of_b.append(pid)
             audit.record(session, team_id="T1", channel_id="C1", user_id="UB", action="digest")
             message, created = outbox.enqueue(
                 session, key=key, team_id="T1", channel_id="C1", payload={"text": "B"}
@@ -195,6 +220,7 @@ def test_concurrent_claimers_get_each_message_exactly_once(db: Database, claimer
 
 def test_an_expired_lease_is_taken_over_and_counted(db: Database) -> None:
     message, _ = enqueue(db)
+    assert message.id is not None
     [first] = claim(db, "w1", lease=30)
     assert first.attempts == 1
 
@@ -215,7 +241,9 @@ def test_an_expired_lease_is_taken_over_and_counted(db: Database) -> None:
 
 def test_send_with_attachment_then_mark_sent_once(db: Database) -> None:
     message, _ = enqueue(db, attachment=PNG, attachment_name="chart.png")
+    assert message.id is not None
     other, _ = enqueue(db)
+    assert other.id is not None
     claim(db, "w1")
     sent_at = T0 + timedelta(seconds=2)
 
@@ -243,6 +271,7 @@ def test_send_with_attachment_then_mark_sent_once(db: Database) -> None:
 
 def test_retry_later_releases_the_lease_until_not_before(db: Database) -> None:
     message, _ = enqueue(db, attachment=PNG, attachment_name="chart.png")
+    assert message.id is not None
     claim(db, "w1")
     retry_at = T0 + timedelta(seconds=30)
 
@@ -269,6 +298,7 @@ def test_retry_later_releases_the_lease_until_not_before(db: Database) -> None:
 
 def test_mark_failed_once(db: Database) -> None:
     message, _ = enqueue(db)
+    assert message.id is not None
     claim(db, "w1")
     with db.session() as session:
         assert not outbox.mark_failed(session, id=message.id, owner="w2", error="x")
@@ -288,11 +318,13 @@ def test_mark_failed_once(db: Database) -> None:
 
 def test_concurrent_mark_sent_records_one_post(db: Database) -> None:
     message, _ = enqueue(db)
+    assert message.id is not None
+    message_id = message.id
     claim(db, "w1")
 
     def sent(i: int) -> bool:
         with db.session() as session:
-            return outbox.mark_sent(session, id=message.id, owner="w1", message_ts=f"1.{i}")
+            return outbox.mark_sent(session, id=message_id, owner="w1", message_ts=f"1.{i}")
 
     assert sorted(run_together(4, sent)) == [False, False, False, True]
 

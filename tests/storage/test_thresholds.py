@@ -18,6 +18,7 @@ T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 def test_set_replace_read_and_clear(db: Database) -> None:
     link = make_link(db)
+    assert link.id is not None
     with db.session() as session:
         assert thresholds.threshold_for(session, link_id=link.id) is None
         first = thresholds.set_threshold(
@@ -58,12 +59,14 @@ def test_set_replace_read_and_clear(db: Database) -> None:
 @pytest.mark.parametrize("amount", [0, -1, 1.5, True])
 def test_amount_must_be_positive_cents(db: Database, amount: object) -> None:
     link = make_link(db)
+    assert link.id is not None
     with db.session() as session, pytest.raises(ValueError, match="positive"):
         thresholds.set_threshold(session, link_id=link.id, amount_cents=amount, updated_by="U")  # type: ignore[arg-type]
 
 
 def test_the_database_checks_the_amount_too(db: Database) -> None:
     link = make_link(db)
+    assert link.id is not None
     with pytest.raises(IntegrityError), db.session() as session:
         session.add(Threshold(link_id=link.id, amount_cents=0, updated_by="U"))
         session.flush()
@@ -81,6 +84,7 @@ def test_all_thresholds_by_org_then_link(db: Database) -> None:
     make_link(db, org_id=ORG_A, channel_id="C3")  # no threshold
     with db.session() as session:
         for link, amount in [(b1, 300), (a2, 200), (a1, 100)]:
+            assert link.id is not None
             thresholds.set_threshold(session, link_id=link.id, amount_cents=amount, updated_by="U")
 
     with db.session() as session:
@@ -96,11 +100,13 @@ def test_all_thresholds_by_org_then_link(db: Database) -> None:
 
 def test_concurrent_sets_leave_one_row(db: Database) -> None:
     link = make_link(db)
+    assert link.id is not None
+    link_id = link.id
 
     def set_amount(i: int) -> int | None:
         with db.session() as session:
             return thresholds.set_threshold(
-                session, link_id=link.id, amount_cents=100 + i, updated_by=f"U{i}"
+                session, link_id=link_id, amount_cents=100 + i, updated_by=f"U{i}"
             ).id
 
     assert len(set(run_together(6, set_amount))) == 1
