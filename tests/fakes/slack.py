@@ -37,6 +37,8 @@ UPLOAD = "upload"
 RESPONSE_URL = "response_url"
 
 MANIFEST = Path(__file__).resolve().parents[2] / "manifest.yml"
+RESPONSE_URL_USES = 5
+RESPONSE_URL_SECONDS = 30 * 60
 
 # The bot-token scopes each Web API method needs, from its page on https://api.slack.com/methods
 # ("Required scopes"): any one of a method's scopes will do. A method whose scope the app lacks
@@ -92,6 +94,7 @@ class Upload:
     channels: list[str] = field(default_factory=list)
     initial_comment: str | None = None
     thread_ts: str | None = None
+    completed_at: float | None = None  # time.monotonic() of files.completeUploadExternal
 
 
 @dataclass
@@ -184,6 +187,9 @@ class FakeSlack:
             self._errors: list[str] = []
             self.scopes: frozenset[str] = manifest_scopes()
             self._triggers: dict[str, float] = {}
+            self._response_urls: dict[str, list[float]] = {}  # key: [issued, uses]
+            self.history_tier: Literal["tier3", "restricted"] = "tier3"
+            self._history_calls: list[float] = []
             self._users: dict[str, dict[str, Any]] = {}
             self._channels: dict[str, dict[str, Any]] = {}
             # Slack timestamps as integer microseconds, so each one is unique and later; they
@@ -318,8 +324,13 @@ class FakeSlack:
             else:
                 self._delays[method] = _Delay(seconds, times)
 
-    def response_url(self, key: str = "default") -> str:
-        """A response_url on this server; what is posted to it lands in `responses`."""
+    def response_url(self, key: str = "default", *, age: float = 0.0) -> str:
+        """A response_url on this server, issued `age` seconds ago; what is posted to it lands
+        in `responses`. Like Slack's, it takes at most 5 posts within 30 minutes
+        (https://api.slack.com/interactivity/handling#message_responses), then answers
+        404 `used_url` or `expired_url`."""
+        with self._cond:
+            self._response_urls.setdefault(key, [time.monotonic() - age, 0])
         return f"{self.url}response/{key}"
 
     # ---- what happened
@@ -458,7 +469,9 @@ class FakeSlack:
                     "provided": ",".join(sorted(self.scopes)),
                 }
             )
-        return _Reply.json(serve(self, params))
+        answer = serve(self, params)
+        status = answer.pop("_status", 200)
+        return _Reply.json(answer, status, **answer.pop("_headers", {}))
 
     def _upload(self, file_id: str, data: bytes) -> _Reply:
         with self._cond:
@@ -481,10 +494,17 @@ class FakeSlack:
     def _respond(self, key: str, body: dict[str, Any]) -> _Reply:
         with self._cond:
             try:
-                self._responses.append(Response(key, body))
                 fault = self._take_fault(RESPONSE_URL)
                 if fault is not None:
+                    self._responses.append(Response(key, body))
                     return _Reply.text(fault.status if fault.status != 200 else 404, fault.error)
+                issued = self._response_urls.setdefault(key, [time.monotonic(), 0])
+                if time.monotonic() - issued[0] > RESPONSE_URL_SECONDS:
+                    return _Reply.text(404, "expired_url")
+                if issued[1] >= RESPONSE_URL_USES:
+                    return _Reply.text(404, "used_url")
+                issued[1] += 1
+                self._responses.append(Response(key, body))
                 return _Reply.text(200, "ok")
             finally:
                 self._cond.notify_all()
@@ -493,6 +513,105 @@ class FakeSlack:
         with self._cond:
             self._errors.append(text)
             self._cond.notify_all()
+
+
+# ---- Block Kit, checked as Slack checks it ---------------------------------------------------
+
+# Slack's limits (https://api.slack.com/reference/block-kit/blocks and the pages of each block
+# and element); a message or view breaking one is refused whole: `invalid_blocks` with the
+# reasons in `errors` (python-slack-sdk #1658, #1521).
+MAX_MESSAGE_BLOCKS = 50
+MAX_VIEW_BLOCKS = 100
+MAX_TEXT = 40_000  # chat.postMessage `text`: longer is `msg_too_long`
+# A file shared with files.completeUploadExternal is processed asynchronously; until then, and
+# in any channel it was not shared to, an image block naming it as `slack_file` is refused
+# ("invalid slack file": python-slack-sdk #1658, #1797; java-slack-sdk #1335, #1349).
+PROCESSING_SECONDS = 0.5
+
+
+def block_errors(fake: FakeSlack, blocks: Any, *, channel: str | None, limit: int) -> list[str]:
+    """Why Slack would refuse these blocks; empty when it would take them."""
+    if not isinstance(blocks, list):
+        return ["blocks must be an array"]
+    errors = []
+    if len(blocks) > limit:
+        errors.append(f"must provide no more than {limit} items [json-pointer:/blocks]")
+    for n, block in enumerate(blocks):
+        where = f"[json-pointer:/blocks/{n}]"
+        if not isinstance(block, dict) or "type" not in block:
+            errors.append(f"missing required field: type {where}")
+            continue
+        errors += [f"{e} {where}" for e in _block_errors(fake, block, channel)]
+    return errors
+
+
+def _text_len(obj: Any) -> int:
+    return len(obj.get("text", "")) if isinstance(obj, dict) else 0
+
+
+def _block_errors(fake: FakeSlack, block: dict[str, Any], channel: str | None) -> list[str]:
+    kind = block["type"]
+    errors = []
+    if len(str(block.get("block_id", ""))) > 255:
+        errors.append("block_id must be at most 255 characters")
+    if kind == "section":
+        if "text" not in block and "fields" not in block:
+            errors.append("a section needs text or fields")
+        if _text_len(block.get("text")) > 3000:
+            errors.append("section text must be at most 3000 characters")
+        fields = block.get("fields") or []
+        if len(fields) > 10:
+            errors.append("a section has at most 10 fields")
+        if any(_text_len(f) > 2000 for f in fields):
+            errors.append("section fields must be at most 2000 characters each")
+    elif kind == "header":
+        if _text_len(block.get("text")) > 150:
+            errors.append("header text must be at most 150 characters")
+    elif kind == "context":
+        if not 1 <= len(block.get("elements") or []) <= 10:
+            errors.append("a context block has 1 to 10 elements")
+    elif kind == "actions":
+        elements = block.get("elements") or []
+        if not 1 <= len(elements) <= 25:
+            errors.append("an actions block has 1 to 25 elements")
+        for element in elements:
+            if element.get("type") == "button":
+                if _text_len(element.get("text")) > 75:
+                    errors.append("button text must be at most 75 characters")
+                if len(str(element.get("value", ""))) > 2000:
+                    errors.append("button value must be at most 2000 characters")
+    elif kind == "image":
+        if len(str(block.get("alt_text", ""))) > 2000 or not block.get("alt_text"):
+            errors.append("an image needs alt_text of at most 2000 characters")
+        file = block.get("slack_file")
+        if file is not None:
+            upload = fake._uploads.get((file or {}).get("id", ""))
+            ready = (
+                upload is not None
+                and upload.completed_at is not None
+                and time.monotonic() - upload.completed_at >= PROCESSING_SECONDS
+            )
+            shared = upload is not None and channel in (upload.channel_id, *upload.channels)
+            if not (ready and shared):
+                errors.append("invalid slack file")
+        elif not block.get("image_url"):
+            errors.append("an image needs image_url or slack_file")
+    elif kind not in ("divider", "input", "rich_text", "file", "video"):
+        errors.append(f"unknown block type {kind!r}")
+    return errors
+
+
+def _content_errors(
+    fake: FakeSlack, content: dict[str, Any], channel: str | None
+) -> dict[str, Any] | None:
+    """`invalid_blocks` or `msg_too_long` for a message Slack would refuse, else None."""
+    if len(content.get("text") or "") > MAX_TEXT:
+        return {"ok": False, "error": "msg_too_long"}
+    if content.get("blocks"):
+        errors = block_errors(fake, content["blocks"], channel=channel, limit=MAX_MESSAGE_BLOCKS)
+        if errors:
+            return {"ok": False, "error": "invalid_blocks", "errors": errors}
+    return None
 
 
 # ---- the Web API methods (run under the fake's lock) -------------------------------------------
@@ -557,6 +676,8 @@ def _post_message(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
     content = _content(params)
     if not any(content.get(k) for k in ("text", "blocks", "attachments")):
         return {"ok": False, "error": "no_text"}
+    if (refused := _content_errors(fake, content, channel)) is not None:
+        return refused
     ts = fake._next_ts()
     message = {"type": "message", "user": BOT_USER_ID, "bot_id": BOT_ID, "ts": ts, **content}
     if params.get("thread_ts"):
@@ -609,24 +730,49 @@ def _conversations_info(fake: FakeSlack, params: dict[str, Any]) -> dict[str, An
     return {"ok": True, "channel": channel}
 
 
+# conversations.history's tiers. Tier 3: about 50 requests a minute, up to 999 messages a page
+# (https://api.slack.com/methods/conversations.history). The restricted tier Slack applies to
+# some commercially distributed apps since May 2025: 1 request a minute, at most 15 messages a
+# page (https://api.slack.com/changelog/2025-05-terms-rate-limit-update-and-faq). Pages follow
+# `response_metadata.next_cursor` (https://api.slack.com/apis/pagination).
+HISTORY_TIERS = {"tier3": (999, 50), "restricted": (15, 1)}
+
+
 def _history(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
     """Newest first, like Slack; message metadata only with ``include_all_metadata``."""
     channel = params.get("channel")
     if (error := _channel_error(fake, channel, writing=False)) is not None:
         return error
     assert channel is not None  # _channel_error refuses a missing channel
+    page_cap, per_minute = HISTORY_TIERS[fake.history_tier]
+    now = time.monotonic()
+    recent = [t for t in fake._history_calls if now - t < 60]
+    if len(recent) >= per_minute:
+        wait = int(60 - (now - recent[0])) + 1
+        return {
+            "ok": False,
+            "error": "ratelimited",
+            "_status": 429,
+            "_headers": {"Retry-After": str(wait)},
+        }
+    fake._history_calls = [*recent, now]
     oldest = float(params.get("oldest") or 0)
-    limit = int(params.get("limit") or 100)
+    limit = min(int(params.get("limit") or 100), page_cap)
+    before = float(params["cursor"]) if params.get("cursor") else None
     with_metadata = str(params.get("include_all_metadata", "")).lower() in ("1", "true")
     found = []
     for ts, message in sorted(fake._messages.get(channel, {}).items(), reverse=True):
-        if float(ts) <= oldest:
+        if float(ts) <= oldest or (before is not None and float(ts) >= before):
             continue
         shown = dict(message)
         if not with_metadata:
             shown.pop("metadata", None)
         found.append(shown)
-    return {"ok": True, "messages": found[:limit], "has_more": len(found) > limit}
+    page = found[:limit]
+    answer: dict[str, Any] = {"ok": True, "messages": page, "has_more": len(found) > limit}
+    if len(found) > limit:
+        answer["response_metadata"] = {"next_cursor": page[-1]["ts"]}
+    return answer
 
 
 def _conversations_join(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
@@ -663,6 +809,12 @@ def _views_open(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "error": "invalid_trigger_id"}
     if time.monotonic() - issued > TRIGGER_SECONDS:
         return {"ok": False, "error": "expired_trigger_id"}
+    if errors := block_errors(fake, view.get("blocks", []), channel=None, limit=MAX_VIEW_BLOCKS):
+        return {
+            "ok": False,
+            "error": "invalid_arguments",
+            "response_metadata": {"messages": errors},
+        }
     opened = {"id": fake._next_id("V"), "team_id": TEAM_ID, "hash": fake._next_ts(), **view}
     opened.setdefault("state", {"values": {}})
     fake._views.append(opened)
@@ -677,6 +829,12 @@ def _views_update(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
         view = json.loads(view)
     if not isinstance(view, dict) or not params.get("view_id"):
         return {"ok": False, "error": "invalid_arguments"}
+    if errors := block_errors(fake, view.get("blocks", []), channel=None, limit=MAX_VIEW_BLOCKS):
+        return {
+            "ok": False,
+            "error": "invalid_arguments",
+            "response_metadata": {"messages": errors},
+        }
     for i, shown in enumerate(fake._views):
         if shown["id"] == params["view_id"]:
             if params.get("hash") and params["hash"] != shown["hash"]:
@@ -716,6 +874,7 @@ def _complete_upload(fake: FakeSlack, params: dict[str, Any]) -> dict[str, Any]:
             return {"ok": False, "error": "file_not_found"}
         upload.title = item.get("title") or upload.filename
         upload.completed = True
+        upload.completed_at = time.monotonic()
         upload.channel_id = channel_id
         upload.channels = channels
         upload.initial_comment = params.get("initial_comment")

@@ -24,6 +24,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from tests.fakes.clock import now
 from tests.fakes.slack import (
+    PROCESSING_SECONDS,
     FakeSlack,
     SlackDriver,
     block_action,
@@ -611,3 +612,56 @@ async def test_views_update_replaces_an_open_view(fake: FakeSlack, client: Async
     with pytest.raises(SlackApiError) as caught:
         await client.views_update(view_id="V_NONE", view={"type": "modal"})
     assert caught.value.response["error"] == "not_found"
+
+
+# ---- Block Kit as Slack checks it --------------------------------------------------------------
+
+
+async def test_blocks_over_slacks_limits_are_refused_whole(fake: FakeSlack, client: AsyncWebClient):
+    long_field = {"type": "mrkdwn", "text": "x" * 2001}
+    cases = [
+        [{"type": "section", "fields": [long_field]}],
+        [{"type": "section", "text": {"type": "mrkdwn", "text": "x" * 3001}}],
+        [{"type": "header", "text": {"type": "plain_text", "text": "x" * 151}}],
+        [{"type": "divider"}] * 51,
+        [{"type": "image", "image_url": "https://example.com/x.png"}],  # no alt_text
+    ]
+    for blocks in cases:
+        with pytest.raises(SlackApiError) as caught:
+            await client.chat_postMessage(channel="C_LINKED", text="t", blocks=blocks)
+        assert caught.value.response["error"] == "invalid_blocks", blocks
+        assert caught.value.response["errors"]
+    assert fake.messages("C_LINKED") == {}
+    with pytest.raises(SlackApiError) as caught:
+        await client.chat_postMessage(channel="C_LINKED", text="x" * 40_001)
+    assert caught.value.response["error"] == "msg_too_long"
+
+
+async def test_a_slack_file_must_be_shared_to_the_channel_and_processed(
+    fake: FakeSlack, client: AsyncWebClient
+):
+    """The digest chart that was lost: uploaded without a channel and referenced at once."""
+    unshared = await client.files_upload_v2(content=b"\x89PNG", filename="c.png")
+    image = {"type": "image", "alt_text": "chart", "slack_file": {"id": unshared["file"]["id"]}}
+    with pytest.raises(SlackApiError) as caught:
+        await client.chat_postMessage(channel="C_LINKED", text="t", blocks=[image])
+    assert "invalid slack file" in str(caught.value.response["errors"])
+    shared = await client.files_upload_v2(channel="C_LINKED", content=b"\x89PNG", filename="c.png")
+    image["slack_file"] = {"id": shared["file"]["id"]}
+    with pytest.raises(SlackApiError):  # shared, but not processed yet
+        await client.chat_postMessage(channel="C_LINKED", text="t", blocks=[image])
+    await asyncio.sleep(PROCESSING_SECONDS)
+    assert (await client.chat_postMessage(channel="C_LINKED", text="t", blocks=[image]))["ok"]
+    with pytest.raises(SlackApiError):  # not shared in that channel
+        await client.chat_postMessage(channel="C_OTHER", text="t", blocks=[image])
+
+
+async def test_a_response_url_takes_five_posts_within_30_minutes(fake: FakeSlack) -> None:
+    url = fake.response_url("cmd")
+    async with httpx.AsyncClient() as http:
+        answers = [(await http.post(url, json={"text": str(n)})).status_code for n in range(6)]
+        assert answers == [200] * 5 + [404]
+        old = fake.response_url("old", age=31 * 60)
+        late = await http.post(old, json={"text": "late"})
+    assert (late.status_code, late.text) == (404, "expired_url")
+    assert [r.body["text"] for r in fake.responses] == ["0", "1", "2", "3", "4"]

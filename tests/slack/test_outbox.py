@@ -179,3 +179,24 @@ async def test_a_refused_chart_never_costs_the_digest(bot, replica, caplog):
         assert (await deliver_due(deps)).sent == 1
     assert len(_posted(bot)) == 1 and _row(bot).status == "sent"
     assert any("without its chart" in r.getMessage() for r in caplog.records)
+
+
+async def test_under_the_restricted_history_tier_the_lookup_gives_way_to_a_marked_post(
+    bot, replica
+):
+    """15 messages a page, one request a minute: the key is on page 2, which is rate limited.
+    The old search restarted from page 1 at every attempt and the alert never went out."""
+    deps, clock = replica
+    bot.fake.history_tier = "restricted"
+    _enqueue(bot, deps)
+    bot.fake.fail_next("chat.postMessage", status=0, applied=True)
+    assert (await deliver_due(deps)).retried == 1
+    for n in range(20):  # the channel moves on: the lost post is now beyond the first page
+        await bot.deps.slack.chat_postMessage(channel=CHANNEL, text=f"chatter {n}")
+    clock.advance(seconds=backoff(1) + 1)
+    report = await deliver_due(deps)
+    assert (report.sent, report.failed) == (1, 0)
+    history = bot.fake.calls_to("conversations.history")
+    assert len(history) == 2 and history[1]["cursor"]  # page 1, then page 2 refused (429)
+    posts = _posted(bot)
+    assert len(posts) == 2 and posts[-1]["metadata"]["event_payload"]["possible_repeat"]
