@@ -2,6 +2,9 @@
 # Each creates .venv and installs exactly what uv.lock records, with its hashes, on first use
 # (or when pyproject.toml or uv.lock changes). `make lock` upgrades the lock file on purpose.
 PYTHON ?= python3
+# pytest-xdist workers: the suite waits on loopback servers much of the time, so two or more
+# workers help even on two cores (`make test PYTEST_WORKERS=0` runs it in one process).
+PYTEST_WORKERS ?= auto
 VENV := .venv
 BIN := $(VENV)/bin
 UV := $(BIN)/uv
@@ -43,7 +46,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

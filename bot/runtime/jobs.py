@@ -43,14 +43,17 @@ def interval_seconds(deps: Deps, name: str) -> float:
 async def run_job(deps: Deps, name: str) -> Any:
     """One tick of one job; failures are logged, never raised into the scheduler."""
     try:
-        return await JOBS[name](deps)
+        result = await JOBS[name](deps)
     except asyncio.CancelledError:
         # Stopping: whatever this tick had claimed is leased and will be taken up again.
         log.info("job %s was cancelled while stopping", name)
         return None
     except Exception:
         log.exception("job %s failed; it runs again at its next tick", name)
+        deps.metrics.job_runs.labels(job=name).inc()
         return None
+    deps.metrics.job_runs.labels(job=name).inc()
+    return result
 
 
 class Jobs:

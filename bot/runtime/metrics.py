@@ -50,6 +50,12 @@ class Metrics:
             "Spend digests posted to Slack by the outbox (or found already posted).",
             registry=self.registry,
         )
+        self.job_runs = Counter(
+            "billing_bot_job_runs",
+            "Finished ticks of each scheduled job (failed ones included): how far the jobs got.",
+            ("job",),
+            registry=self.registry,
+        )
         self.slack_errors = Counter(
             "billing_bot_slack_errors",
             "Failed Slack Web API calls, by method and Slack's error (or HTTP status class, or "

@@ -22,6 +22,7 @@ from sqlmodel import select
 
 import storage.digests
 from bot.core.schedule import next_run, reported_month
+from bot.runtime.jobs import JOBS
 from storage import channel_config, links, thresholds
 from storage.models import Alert, CostQuery, DigestSchedule, OutboxMessage
 from tests.app.conftest import CHANNEL, OTHER_CHANNEL, TEAM
@@ -215,7 +216,8 @@ def test_three_replicas_post_each_alert_and_digest_exactly_once(sandbox, fake_sl
             "every alert and digest to be posted and recorded",
         )
         posted_at_done = _post_calls(fake_slack)
-        time.sleep(4)  # four more ticks of every job on three replicas: nothing may be posted
+        for replica in replicas:  # four more ticks of every job on each replica: nothing posted
+            replica.ticks(4, *JOBS)
         assert _post_calls(fake_slack) == posted_at_done
         _assert_clean_logs(*replicas)
     finally:
@@ -292,14 +294,14 @@ def test_a_replica_killed_while_posting_an_alert_does_not_post_it_twice(
     try:
         # Four outbox ticks: the dead worker's lease (bot.slack.outbox.LEASE_SECONDS = 120 s) keeps
         # the message from everyone, so a crashed replica delays its alerts by two minutes.
-        time.sleep(2)
+        second.ticks(4, "outbox")
         assert _outbox(db, key).status == "pending" and _outbox(db, key).attempts == 1
         assert len(fake_slack.calls_to("conversations.history")) == 0
         # Waiting those two minutes out would make this test slow; ending the lease now is
         # what its running out does, and is the path under test.
         assert _rewind_lease(db, OutboxMessage, OutboxMessage.key == key) == 1
         _wait(lambda: _status(db, key) == "sent", 30, "the alert to be recorded as sent")
-        time.sleep(1)  # two more outbox ticks: nothing else happens
+        second.ticks(2, "outbox")  # two more outbox ticks: nothing else happens
         _assert_clean_logs(first, second)
     finally:
         second.stop()
@@ -351,7 +353,7 @@ def test_a_replica_killed_while_a_digest_is_pending_posts_it_once_after_restart(
     second = ServeProcess(env, _free_port(), tmp_path)
     try:
         _wait(lambda: _status(db, key) == "sent", 60, "the digest")
-        time.sleep(1.5)  # three more ticks of every job: nothing else happens
+        second.ticks(3, "poll", "digests", "outbox")  # three more ticks: nothing else happens
         _assert_clean_logs(first, second)
     finally:
         second.stop()
@@ -384,7 +386,7 @@ def test_a_slack_429_on_the_alert_is_retried_after_retry_after_and_posted_once(
         fake_slack.wait_for(lambda: fake_slack.messages(CHANNEL), timeout=30)
         waited = time.monotonic() - refused_at
         _wait(lambda: _status(db, key) == "sent", 30, "the alert to be recorded as sent")
-        time.sleep(1)  # two more outbox ticks: nothing else happens
+        server.ticks(2, "outbox")  # two more outbox ticks: nothing else happens
         _assert_clean_logs(server)
     finally:
         server.stop()
@@ -410,7 +412,7 @@ def test_a_rate_limit_outlasting_the_sdk_retries_is_retried_by_the_outbox(
     server = ServeProcess(env, _free_port(), tmp_path)
     try:
         _wait(lambda: _status(db, key) == "sent", 40, "the alert to be recorded as sent")
-        time.sleep(1)  # two more outbox ticks: nothing else happens
+        server.ticks(2, "outbox")  # two more outbox ticks: nothing else happens
         _assert_clean_logs(server)
     finally:
         server.stop()

@@ -70,6 +70,20 @@ class ServeProcess:
         except httpx.HTTPError:
             return False
 
+    def job_runs(self, job: str) -> float:
+        """How many ticks of `job` this process has finished (its /metrics)."""
+        text = httpx.get(self.url + "/metrics", timeout=5).text
+        prefix = f'billing_bot_job_runs_total{{job="{job}"}} '
+        line = next((ln for ln in text.splitlines() if ln.startswith(prefix)), prefix + "0")
+        return float(line.removeprefix(prefix))
+
+    def ticks(self, n: int, *jobs: str) -> None:
+        """Wait until each of `jobs` has run `n` more ticks here: a bounded stretch in which
+        something that should not happen had every chance to (instead of sleeping on it)."""
+        start = {job: self.job_runs(job) for job in jobs}
+        for job in jobs:
+            _wait(lambda job=job: self.job_runs(job) >= start[job] + n, 30, f"{n} more {job} ticks")
+
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
@@ -138,7 +152,7 @@ def test_a_killed_server_loses_no_query_and_posts_the_result_once(
         updates = _wait(lambda: fake_slack.calls_to("chat.update"), 60, "the result")
         _wait(lambda: _query(db).status == "done", 10, "the query to be recorded done")
         polls_at_done = len(polls())
-        time.sleep(1.0)  # five more poll ticks: nothing may happen in them
+        second.ticks(5, "poll")  # five more poll ticks: nothing may happen in them
         assert len(polls()) == polls_at_done
     finally:
         second.stop()

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs
 
 import aiohttp
@@ -619,7 +620,7 @@ async def test_views_update_replaces_an_open_view(fake: FakeSlack, client: Async
 
 async def test_blocks_over_slacks_limits_are_refused_whole(fake: FakeSlack, client: AsyncWebClient):
     long_field = {"type": "mrkdwn", "text": "x" * 2001}
-    cases = [
+    cases: list[list[dict[str, Any]]] = [
         [{"type": "section", "fields": [long_field]}],
         [{"type": "section", "text": {"type": "mrkdwn", "text": "x" * 3001}}],
         [{"type": "header", "text": {"type": "plain_text", "text": "x" * 151}}],
