@@ -136,6 +136,19 @@ class TerminalSlack:
                         f"── (Slack would open the form “{title}” here; the shell cannot show forms)\n"
                     )
                 result = {"view": {"id": "V0SHELL"}}
+            case "views.update":
+                # `connect` opens its form at once and then fills it in or says why not.
+                view = params.get("view")
+                view = json.loads(view) if isinstance(view, str) else view or {}
+                if view.get("callback_id"):
+                    shown = "(the form is ready; the shell cannot show forms)"
+                else:
+                    shown = blocks_to_text(view.get("blocks"), "")
+                with self._lock:
+                    self._echo(f"── the form says\n{shown}\n")
+                result = {"view": {"id": params.get("view_id") or "V0SHELL"}}
+            case "conversations.join":
+                result = {"channel": {"id": channel, "is_member": True}}
             case _:
                 return JSONResponse({"ok": False, "error": "unknown_method"})
         return JSONResponse({"ok": True, **result})

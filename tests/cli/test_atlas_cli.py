@@ -838,3 +838,21 @@ def test_a_403_off_the_access_list_names_the_access_list_remedy(
     line = one_line(result.err)
     assert "IP_ADDRESS_NOT_ON_ACCESS_LIST" in line and "access list" in line
     assert "Billing Viewer role" not in line
+
+
+def test_connect_in_the_shell_opens_its_form_and_says_it_cannot_show_it(
+    sandbox: SandboxServer, org: Org, tmp_path: Path
+) -> None:
+    """`connect` opens a modal first, then fills it in (views.update): the terminal says so
+    instead of failing on a method it does not know."""
+    result = run(
+        ["shell", "--org", org.id],
+        cli_env(tmp_path, sandbox, auth="api-key", DATABASE_URL=f"sqlite:///{tmp_path / 's.db'}"),
+        tmp_path,
+        input=f"/atlas-billing connect {org.id}\n",
+        timeout=SHELL_TIMEOUT,
+    )
+    assert result.code == 0, result
+    assert result.err == ""
+    assert "the shell cannot show forms" in result.out, result
+    assert "unknown_method" not in result.out and "Something went wrong" not in result.out
