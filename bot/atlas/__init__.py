@@ -1,7 +1,7 @@
 """The shared Atlas Admin API billing client: one import point for its public names."""
 
 from bot.atlas._auth import ServiceAccountAuth, api_key_auth
-from bot.atlas._budget import RequestBudget
+from bot.atlas._budget import ENDPOINT_SETS, RequestBudget
 from bot.atlas._client import AtlasClient, validate_cost_query
 from bot.atlas._errors import (
     AtlasAPIError,
@@ -34,14 +34,17 @@ from bot.atlas._models import (
     Payment,
     Refund,
 )
+from bot.atlas._transport import AtlasTransport
 
 __all__ = [
     "API_VERSION",
+    "ENDPOINT_SETS",
     "GROUP_BY",
     "SERVICES",
     "AtlasAPIError",
     "AtlasClient",
     "AtlasError",
+    "AtlasTransport",
     "AtlasTransportError",
     "BadRequest",
     "Conflict",

@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from datetime import date
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from bot.atlas import _ids
 from bot.atlas._auth import ServiceAccountAuth, api_key_auth
-from bot.atlas._budget import RequestBudget
+from bot.atlas._budget import ENDPOINT_SETS, OverBudget, RequestBudget
 from bot.atlas._errors import (
     AtlasAPIError,
     AtlasTransportError,
@@ -39,6 +39,7 @@ from bot.atlas._errors import (
 from bot.atlas._ids import SERVICES
 from bot.atlas._media import Operation, media_type
 from bot.atlas._models import CostQuery, CostResult, CostRow, Invoice, InvoiceMetadata, NotReady
+from bot.atlas._transport import AtlasTransport, Watch, watches_interim, watching
 from bot.core import version
 from bot.core.retry_after import parse_retry_after
 
@@ -55,8 +56,10 @@ class AtlasClient:
     """Async client for the six Atlas billing operations.
 
     Keyword-only construction; ``http_client`` may be injected (tests, shared
-    pools). ``poll_timeout`` bounds a Cost Explorer poll: a ``102`` followed
-    by silence ends as "not ready" after that many seconds instead of hanging.
+    pools; give it ``transport=AtlasTransport()`` so a poll can still tell a 102 from a
+    fault). ``poll_timeout`` bounds a Cost Explorer poll's connect and write, and how long
+    it waits after a ``102`` before calling it "not ready"; ``poll_read_timeout`` is how
+    long a poll waits for the first byte of a real answer.
     ``request_counter``, when given, is a counter labelled ``operation`` and
     ``status`` that counts every request sent (retries and token requests too).
     """
@@ -68,6 +71,7 @@ class AtlasClient:
         auth: httpx.Auth | None = None,
         timeout: float = 30.0,
         poll_timeout: float = 5.0,
+        poll_read_timeout: float = 15.0,
         max_retries: int = 4,
         max_retry_seconds: float = 60.0,
         envelope: bool = False,
@@ -83,14 +87,19 @@ class AtlasClient:
             base_url=base_url,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             headers={"User-Agent": user_agent or version.user_agent()},
-            limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+            transport=AtlasTransport(
+                limits=httpx.Limits(max_connections=50, max_keepalive_connections=20)
+            ),
         )
+        # Without AtlasTransport underneath, a 102 cannot be told from a fault (see cost_result).
+        self._watches_interim = watches_interim(self._http)
         self._owns_http = http_client is None
         self._auth = auth
         self._requests = request_counter
         if isinstance(auth, ServiceAccountAuth):
             auth.bind(self._http, request_counter=request_counter)
         self._poll_timeout = poll_timeout
+        self._poll_read_timeout = poll_read_timeout
         self._max_retries = max_retries
         self._max_retry_seconds = max_retry_seconds
         self._envelope = envelope
@@ -145,23 +154,52 @@ class AtlasClient:
 
     # ---- operations -----------------------------------------------------------------
 
-    async def pending_invoices(self, org_id: str) -> list[Invoice]:
+    @property
+    def poll_attempt_seconds(self) -> float:
+        """The longest one Cost Explorer poll request can take: connect, then the first byte.
+
+        A caller holding a lease adds its own ``max_wait`` to this.
+        """
+        return self._poll_timeout + self._poll_read(self._http.timeout.read)
+
+    def _poll_read(self, default: float | None) -> float:
+        if not self._watches_interim:
+            return self._poll_timeout  # silence must mean "not ready" soon (see cost_result)
+        if self._owns_http or default is None:
+            return self._poll_read_timeout
+        return min(self._poll_read_timeout, default)
+
+    # ``max_wait`` (seconds, on the calls jobs make): how long the call may wait in all, for
+    # the request budget, a ``Retry-After`` or a backoff. A wait that would end later is not
+    # started: ``RateLimited`` (with ``retry_after``) or the error that caused it is raised.
+
+    async def pending_invoices(
+        self, org_id: str, *, max_wait: float | None = None
+    ) -> list[Invoice]:
         """The org's pending (current billing cycle) invoices, with their line items.
 
         The spec documents a paginated list; some deployments answer a single
         invoice object. Both are accepted.
         """
-        return _parse_list(Invoice, await self._pending_items(org_id), "pending invoices")
+        items = await self._pending_items(org_id, max_wait)
+        return _parse_list(Invoice, items, "pending invoices")
 
-    async def pending_totals(self, org_id: str) -> list[InvoiceMetadata]:
+    async def pending_totals(
+        self, org_id: str, *, max_wait: float | None = None
+    ) -> list[InvoiceMetadata]:
         """The pending invoices' amounts only: line items are not validated, which is most
         of the cost of a large invoice when only its month-to-date total matters."""
-        return _parse_list(InvoiceMetadata, await self._pending_items(org_id), "pending invoices")
+        items = await self._pending_items(org_id, max_wait)
+        return _parse_list(InvoiceMetadata, items, "pending invoices")
 
-    async def _pending_items(self, org_id: str) -> object:
+    async def _pending_items(self, org_id: str, max_wait: float | None) -> object:
         org_id = _ids.org_id(org_id)
         payload = await self._json(
-            Operation.LIST_PENDING, "GET", f"/orgs/{org_id}/invoices/pending", org_id
+            Operation.LIST_PENDING,
+            "GET",
+            f"/orgs/{org_id}/invoices/pending",
+            org_id,
+            max_wait=max_wait,
         )
         if isinstance(payload, dict) and "results" in payload:
             return payload["results"]
@@ -171,10 +209,16 @@ class AtlasClient:
             return []
         raise _malformed("pending invoices", "neither a list of invoices nor an invoice")
 
-    async def invoice(self, org_id: str, invoice_id: str) -> Invoice:
+    async def invoice(
+        self, org_id: str, invoice_id: str, *, max_wait: float | None = None
+    ) -> Invoice:
         org_id, invoice_id = _ids.org_id(org_id), _ids.invoice_id(invoice_id)
         payload = await self._json(
-            Operation.GET_INVOICE, "GET", f"/orgs/{org_id}/invoices/{invoice_id}", org_id
+            Operation.GET_INVOICE,
+            "GET",
+            f"/orgs/{org_id}/invoices/{invoice_id}",
+            org_id,
+            max_wait=max_wait,
         )
         return _parse(Invoice, payload, "invoice")
 
@@ -259,7 +303,9 @@ class AtlasClient:
                 written += len(chunk)
         return written
 
-    async def create_cost_query(self, org_id: str, query: CostQuery) -> str:
+    async def create_cost_query(
+        self, org_id: str, query: CostQuery, *, max_wait: float | None = None
+    ) -> str:
         """Start a Cost Explorer query; returns its 64-character token."""
         org_id = _ids.org_id(org_id)
         body = validate_cost_query(query)
@@ -269,31 +315,43 @@ class AtlasClient:
             f"/orgs/{org_id}/billing/costExplorer/usage",
             org_id,
             json_body=body,
+            max_wait=max_wait,
         )
         token = payload.get("token") if isinstance(payload, dict) else None
         if not isinstance(token, str) or len(token) != 64:
             raise _malformed("Cost Explorer", "the answer carries no 64-character token")
         return token
 
-    async def cost_result(self, org_id: str, token: str) -> CostResult | NotReady:
+    async def cost_result(
+        self, org_id: str, token: str, *, max_wait: float | None = None
+    ) -> CostResult | NotReady:
         """Poll a Cost Explorer query once: the ready result, or ``NotReady``.
 
         Atlas answers "still processing" with ``102`` as the final status. httpcore
-        swallows every 1xx but 101 and keeps reading, so the 102 reaches us as
-        the server closing the connection (``RemoteProtocolError``) or as
-        silence until ``poll_timeout`` (``ReadTimeout``). Both mean "not ready";
-        neither is retried here, because polling again later is the retry.
+        swallows every 1xx but 101 and keeps reading, so the 102 reaches us as the
+        server closing the connection (``RemoteProtocolError``) or as silence
+        (``ReadTimeout``), exactly as a connection closed or silent *without* a 102
+        would. ``AtlasTransport`` watches the bytes (``bot/atlas/_transport.py``): only
+        a failure after a 1xx head is "not ready" (not retried here: polling again later
+        is the retry), and after the head silence is waited out for ``poll_timeout``
+        only. Every other fault (refused, reset or closed before any byte, a malformed
+        status line, no first byte within ``poll_read_timeout``) is a transport error,
+        retried like any read. Without ``AtlasTransport`` (an injected client built
+        without it) the old reading applies: "server disconnected without sending a
+        response" and silence past ``poll_timeout`` are both "not ready".
         """
         org_id, token = _ids.org_id(org_id), _ids.cost_token(token)
         path = f"/orgs/{org_id}/billing/costExplorer/usage/{token}"
+        read = self._poll_read(self._http.timeout.read)
         try:
             response = await self._send(
                 Operation.GET_COST_RESULT,
                 "GET",
                 path,
                 org_id,
-                timeout=httpx.Timeout(self._poll_timeout),
-                not_ready_errors=(httpx.RemoteProtocolError, httpx.ReadTimeout),
+                timeout=httpx.Timeout(self._poll_timeout, read=read),
+                poll=True,
+                max_wait=max_wait,
             )
         except _NotReadySignal as signal:
             return NotReady(signal.reason)
@@ -320,9 +378,10 @@ class AtlasClient:
         *,
         params: dict[str, Any] | None = None,
         json_body: dict[str, Any] | None = None,
+        max_wait: float | None = None,
     ) -> Any:
         response = await self._send(
-            operation, method, path, org_id, params=params, json_body=json_body
+            operation, method, path, org_id, params=params, json_body=json_body, max_wait=max_wait
         )
         payload = self._decode(response, operation.value)
         if isinstance(payload, dict) and payload.get("_status") == 102:
@@ -355,9 +414,15 @@ class AtlasClient:
         json_body: dict[str, Any] | None = None,
         stream: bool = False,
         timeout: httpx.Timeout | None = None,
-        not_ready_errors: tuple[type[Exception], ...] = (),
+        poll: bool = False,
+        max_wait: float | None = None,
     ) -> httpx.Response:
-        """Send with budget, retries and error mapping; returns a 2xx (or 102) response."""
+        """Send with budget, retries and error mapping; returns a 2xx (or 102) response.
+
+        ``poll``: the Cost Explorer poll, whose 102 (see ``cost_result``) raises
+        ``_NotReadySignal``. ``max_wait``: no wait of this call (budget, ``Retry-After``,
+        backoff) ends later than that many seconds after it began.
+        """
         headers = {"Accept": media_type(operation, accept)}
         content = None
         if json_body is not None:
@@ -377,28 +442,49 @@ class AtlasClient:
             content=content,
             timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
         )
-        deadline = self._clock() + self._max_retry_seconds
+        endpoint_set = ENDPOINT_SETS[operation]
+        started = self._clock()
+        deadline = started + self._max_retry_seconds
+        wait_until = None if max_wait is None else started + max(max_wait, 0.0)
         attempt = 0
         while True:
             attempt += 1
-            await self._budget.acquire(org_id)
             try:
-                response = await self._http.send(request, auth=self._auth, stream=stream)
-            except not_ready_errors as exc:
-                # How Atlas's 102 reaches httpx (see cost_result): counted as the 102 it is.
-                self._count(operation, "102")
-                raise _NotReadySignal(type(exc).__name__) from None
+                ticket = await self._budget.acquire(
+                    org_id,
+                    endpoint_set,
+                    max_wait=None if wait_until is None else max(wait_until - self._clock(), 0.0),
+                )
+            except OverBudget as over:
+                raise _over_budget(operation, over, max_wait) from None
+            watch = Watch(self._poll_timeout) if poll else None
+            watched: AbstractContextManager[object] = (
+                watching(watch) if watch is not None else nullcontext()
+            )
+            try:
+                try:
+                    with watched:
+                        response = await self._http.send(request, auth=self._auth, stream=stream)
+                except BaseException:
+                    self._budget.release(ticket)  # no answer (cancelled too): nothing learned
+                    raise
             except (ServerError, RateLimited, AtlasTransportError) as exc:
                 # Raised by the auth flow: the token endpoint was busy or unreachable.
-                delay = self._retry_delay(attempt, deadline, getattr(exc, "retry_after", None))
+                delay = self._retry_delay(
+                    attempt, deadline, getattr(exc, "retry_after", None), wait_until
+                )
                 if delay is None:
                     raise
                 log.warning("atlas token endpoint: %s, retrying in %.1fs", exc, delay)
                 await self._sleep(delay)
                 continue
             except httpx.TransportError as exc:
+                if watch is not None and self._is_processing(exc, watch):
+                    # How Atlas's 102 reaches httpx (see cost_result): counted as the 102 it is.
+                    self._count(operation, "102")
+                    raise _NotReadySignal(type(exc).__name__) from None
                 self._count(operation, "transport_error")
-                delay = self._retry_delay(attempt, deadline, None)
+                delay = self._retry_delay(attempt, deadline, None, wait_until)
                 if delay is None:
                     raise AtlasTransportError(
                         f"{operation.value}: no answer from Atlas after {attempt} attempt(s): "
@@ -409,21 +495,21 @@ class AtlasClient:
                 )
                 await self._sleep(delay)
                 continue
-            self._budget.observe(org_id, response)
             status = response.status_code
             if self._envelope and accept == "json" and status == 200:
                 status = _enveloped_status(response)
+            try:
+                if stream and status >= 400:
+                    await response.aread()
+                    await response.aclose()
+            finally:
+                self._budget.observe(ticket, response, status=status)
             self._count(operation, str(status))
             if status < 400:
                 return response
-            if stream:
-                await response.aread()
-                await response.aclose()
             retry_after = _retry_after(response)
-            if status == 429 and retry_after is not None:
-                self._budget.block(org_id, retry_after)
             if status in RETRY_STATUSES:
-                delay = self._retry_delay(attempt, deadline, retry_after)
+                delay = self._retry_delay(attempt, deadline, retry_after, wait_until)
                 if delay is not None:
                     log.warning(
                         "atlas %s: HTTP %s, retrying in %.1fs", operation.value, status, delay
@@ -432,16 +518,27 @@ class AtlasClient:
                     continue
             raise _api_error(status, _error_body(response), response, retry_after)
 
+    def _is_processing(self, exc: httpx.TransportError, watch: Watch) -> bool:
+        """Whether a poll's transport error is Atlas's 102 (see ``cost_result``)."""
+        if watch.observed:
+            return watch.interim is not None
+        # Not watched (no AtlasTransport underneath): the old reading, which cannot tell a
+        # 102 then close from a close without one, nor a 102 then silence from a slow answer.
+        if isinstance(exc, httpx.ReadTimeout):
+            return True
+        return isinstance(exc, httpx.RemoteProtocolError) and "without sending" in str(exc)
+
     def _count(self, operation: Operation, status: str) -> None:
         if self._requests is not None:
             self._requests.labels(operation=operation.value, status=status).inc()
 
     def _retry_delay(
-        self, attempt: int, deadline: float, retry_after: float | None
+        self, attempt: int, deadline: float, retry_after: float | None, wait_until: float | None
     ) -> float | None:
         """Capped, jittered exponential backoff; ``Retry-After`` wins when Atlas gives it.
 
-        ``None`` when the attempts or the total time are spent.
+        ``None`` when the attempts or the total time are spent, or the wait would end after
+        the caller's ``max_wait``.
         """
         if attempt > self._max_retries:
             return None
@@ -449,7 +546,8 @@ class AtlasClient:
             delay = retry_after
         else:
             delay = min(8.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-        if self._clock() + delay > deadline:
+        ends = self._clock() + delay
+        if ends > deadline or (wait_until is not None and ends > wait_until):
             return None
         return delay
 
@@ -457,6 +555,20 @@ class AtlasClient:
 class _NotReadySignal(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
+
+
+def _over_budget(operation: Operation, over: OverBudget, max_wait: float | None) -> RateLimited:
+    """The request budget would wait past the caller's ``max_wait``: nothing was sent."""
+    return RateLimited(
+        429,
+        reason="Too Many Requests",
+        detail=(
+            f"{operation.value}: this org's {over.endpoint_set} requests are at Atlas's rate "
+            f"limit for {over.seconds:.0f} s more, longer than this call may wait "
+            f"({max_wait or 0:.0f} s); nothing was sent"
+        ),
+        retry_after=over.seconds,
+    )
 
 
 def validate_cost_query(query: CostQuery) -> dict[str, Any]:

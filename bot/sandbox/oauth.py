@@ -53,11 +53,12 @@ async def _oauth_client(request: Request, state: SandboxState) -> dict[str, str]
 async def _fault_for_oauth(
     request: Request, state: SandboxState, operation: str
 ) -> Response | None:
-    for fault in state._take_faults(operation, None, ["status", "reset", "malformed", "latency"]):
+    kinds = ["status", "reset", "close", "garbage", "malformed", "latency"]
+    for fault in state._take_faults(operation, None, kinds):
         if fault.kind == "latency":
             await asyncio.sleep(fault.seconds)
-        elif fault.kind == "reset":
-            return ResetResponse()
+        elif fault.kind in ("reset", "close", "garbage"):
+            return ResetResponse(fault.kind)
         elif fault.kind == "malformed":
             return Response(fault.body or b'{"access_token": "', media_type="application/json")
         else:

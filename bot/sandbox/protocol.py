@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from bot.atlas._media import Operation, media_type
 from bot.sandbox.data import Org
-from bot.sandbox.state import Fault, SandboxState
+from bot.sandbox.state import ENDPOINT_SET_OF, Fault, SandboxState
 
 API_PREFIX = "/api/atlas/v2"
 REALM = "MMS Public API"
@@ -106,17 +106,20 @@ class ProcessingResponse(Response):
 
 
 class ResetResponse(Response):
-    """No response at all: the TCP connection is aborted with an RST.
+    """No HTTP answer: the TCP connection is aborted with an RST (``reset``), closed before
+    any byte (``close``), or sent a line that is no HTTP status line, then closed
+    (``garbage``).
 
-    ASGI has no message for that, so this reaches the server's transport through
-    the ``receive`` callable uvicorn hands the app (a bound method of its
-    request cycle, which holds the transport), sets ``SO_LINGER`` to zero so
-    closing sends an RST, and aborts. httpx then raises ``ReadError``
-    (connection reset) or ``RemoteProtocolError`` (server disconnected).
+    ASGI has no message for these, so this reaches the server's transport through the
+    ``receive`` callable uvicorn hands the app (a bound method of its request cycle, which
+    holds the transport). For an RST it sets ``SO_LINGER`` to zero, so closing resets.
+    httpx then raises ``ReadError`` (reset) or ``RemoteProtocolError`` ("Server
+    disconnected without sending a response", or "illegal status line").
     """
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str = "reset") -> None:
         super().__init__(status_code=500)
+        self.mode = mode
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_receive = scope.get("sandbox.receive", receive)
@@ -126,13 +129,22 @@ class ResetResponse(Response):
         commit = scope.get("sandbox.commit")
         if commit is not None:
             commit(None)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
+        if self.mode == "garbage":
+            transport.write(GARBAGE_STATUS_LINE)
+        if self.mode == "reset":
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        else:
+            transport.close()
         # Wait for the server to notice the disconnect, so it does not log an unfinished response.
         while (await raw_receive())["type"] != "http.disconnect":
             pass
+
+
+# What a ``garbage`` fault sends instead of a status line (then it closes the connection).
+GARBAGE_STATUS_LINE = b"HTTQ/1.1 200 OK\r\n\r\n"
 
 
 # --- per-request context -------------------------------------------------------------
@@ -371,8 +383,8 @@ _MALFORMED_CSV = (
 
 
 def _fault_response(call: Call, fault: Fault, csv_wanted: bool) -> Response:
-    if fault.kind == "reset":
-        return ResetResponse()
+    if fault.kind in ("reset", "close", "garbage"):
+        return ResetResponse(fault.kind)
     if fault.kind == "malformed":
         status = 202 if call.operation is Operation.CREATE_COST_QUERY else 200
         fmt = "csv" if csv_wanted else "json"
@@ -474,8 +486,8 @@ async def _run(call: Call, handler: _Handler) -> Response:
        probe of a Digest handshake never uses one up;
     4. ``Accept`` (406) and, for POST, ``Content-Type`` (415);
     5. path parameters against the spec patterns (400);
-    6. the org (404), the per-org rate limit (429; counted from here on), the
-       Billing Viewer role (403);
+    6. the org (404), the rate limit of the org's bucket for the operation's endpoint set
+       (429; requests take a token from here on), the Billing Viewer role (403);
     7. the operation (its own 400s and 404s).
     """
     state = call.state
@@ -490,7 +502,9 @@ async def _run(call: Call, handler: _Handler) -> Response:
         call.parse_flags()
         has_role = _authenticate(call)
         faults = state._take_faults(
-            call.operation.value, call.org_id, ["status", "reset", "malformed", "latency"]
+            call.operation.value,
+            call.org_id,
+            ["status", "reset", "close", "garbage", "malformed", "latency"],
         )
         for fault in faults:
             if fault.kind == "latency":
@@ -514,13 +528,28 @@ async def _run(call: Call, handler: _Handler) -> Response:
                 f"No organization with ID {call.org_id} exists.",
                 parameters=[call.org_id],
             )
-        retry_after = state._count_request(org.id)
+        endpoint_set = ENDPOINT_SET_OF[call.operation]
+        retry_after = state._take_token(org.id, endpoint_set)
         if retry_after is not None:
+            # Atlas's 429 for an empty bucket, as its rate-limit page shows it
+            # (https://www.mongodb.com/docs/atlas/api/api-rate-limit/, "Sample Error
+            # Message"): errorCode RATE_LIMITED_TOKEN_BUCKET, the numbers in the detail and
+            # in `parameters` [set, retry after, capacity, refill rate, refill seconds].
+            # (The spec's generic 429 example says RATE_LIMITED.)
+            refill_seconds = f"{state.rate_refill_seconds:g}"
             raise ApiError(
                 429,
-                "RATE_LIMITED",
-                f"Too many requests for organization {org.id}: at most {state.rate_limit} "
-                f"every {state.rate_window_seconds:g} seconds.",
+                "RATE_LIMITED_TOKEN_BUCKET",
+                f"Rate limit exceeded for {endpoint_set}. Please retry after {retry_after} "
+                f"seconds. Request capacity: {state.rate_limit}. Refill rate: "
+                f"{state.rate_refill} per {refill_seconds} seconds.",
+                parameters=[
+                    endpoint_set,
+                    retry_after,
+                    state.rate_limit,
+                    state.rate_refill,
+                    state.rate_refill_seconds,
+                ],
                 headers={"Retry-After": str(retry_after)},
             )
         if not has_role:
@@ -542,9 +571,15 @@ def api_route(
     async def endpoint(request: Request) -> Response:
         call = Call(request, state, operation)
         response = await _run(call, handler)
-        if not isinstance(response, ResetResponse):
+        # RateLimit-Limit: the bucket's capacity; RateLimit-Remaining: its tokens left; "Atlas
+        # may not always return response headers" (rate-limit page, "Response Headers"):
+        # the `rate_headers` switch leaves them out.
+        if not isinstance(response, ResetResponse) and state.rate_headers:
+            endpoint_set = ENDPOINT_SET_OF[operation]
             response.headers["RateLimit-Limit"] = str(state.rate_limit)
-            response.headers["RateLimit-Remaining"] = str(state._rate_remaining(call.org_id))
+            response.headers["RateLimit-Remaining"] = str(
+                state._rate_remaining(call.org_id, endpoint_set)
+            )
         return response
 
     return Route(API_PREFIX + path, endpoint, methods=[method], name=operation.value)

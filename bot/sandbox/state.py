@@ -19,18 +19,45 @@ from bot.sandbox.data import Credentials, SandboxData
 # Pseudo operation names for the OAuth endpoints (request log and faults).
 OAUTH_TOKEN = "oauthToken"
 OAUTH_REVOKE = "oauthRevoke"
-FAULT_KINDS = ("status", "reset", "malformed", "latency", "expire_tokens")
+FAULT_KINDS = ("status", "reset", "close", "garbage", "malformed", "latency", "expire_tokens")
 PENDING_SHAPES = ("list", "object")
 PROCESSING_MODES = ("close", "silence")
 
 _API_OPERATIONS = frozenset(op.value for op in Operation)
+
+# Atlas's rate limits ("Atlas Administration API Rate Limits",
+# https://www.mongodb.com/docs/atlas/api/api-rate-limit/; ATLAS-NOTES.md, "Errors and
+# limits"): every endpoint is in an *endpoint set* with a *scope* (org, project, user, IP),
+# and the endpoints of one set and scope share one token bucket: at most `capacity` tokens,
+# one per request, `refillRate` added every `refillDurationSeconds`, a 429 with Retry-After
+# when it is empty. Atlas does not publish the billing endpoints' sets; the sandbox puts the
+# invoice reads in one and Cost Explorer (start and poll) in another, both scoped to the org
+# in the path. Named as Atlas names a set in its 429 (its example: "api/atlas/v2/orgs").
+ENDPOINT_SETS: dict[str, tuple[Operation, ...]] = {
+    "api/atlas/v2/orgs/{orgId}/invoices": (
+        Operation.LIST_INVOICES,
+        Operation.LIST_PENDING,
+        Operation.GET_INVOICE,
+        Operation.GET_INVOICE_CSV,
+    ),
+    "api/atlas/v2/orgs/{orgId}/billing/costExplorer/usage": (
+        Operation.CREATE_COST_QUERY,
+        Operation.GET_COST_RESULT,
+    ),
+}
+ENDPOINT_SET_OF: dict[Operation, str] = {
+    op: name for name, ops in ENDPOINT_SETS.items() for op in ops
+}
+
 _SWITCH_DEFAULTS: dict[str, Any] = {
     "pending_shape": "list",
     "processing_mode": "close",
     "cost_polls_before_ready": 1,
     "token_ttl_seconds": 3600.0,
     "rate_limit": 100,
-    "rate_window_seconds": 60.0,
+    "rate_refill": 100,
+    "rate_refill_seconds": 60.0,
+    "rate_headers": True,
     "latency_seconds": 0.0,
 }
 
@@ -42,6 +69,8 @@ class Fault:
     kind: ``status`` (answer ``status`` with an Atlas error body, or ``body``
     verbatim with ``content_type``; ``error_code``/``retry_after`` optional),
     ``reset`` (abort the TCP connection with an RST, no response at all),
+    ``close`` (close the connection before sending any byte), ``garbage`` (send a line that
+    is no HTTP status line, then close),
     ``malformed`` (the operation's success status and media type, but a
     truncated JSON or broken CSV body, or ``body``), ``latency`` (wait
     ``seconds``, then answer normally), ``expire_tokens`` (fires on the next
@@ -138,9 +167,11 @@ class _Token:
 
 
 @dataclass
-class _Window:
-    started: float
-    count: int = 0
+class _Bucket:
+    """One token bucket: what is left, and when Atlas last added its refill."""
+
+    tokens: int
+    refilled_at: float
 
 
 @dataclass
@@ -149,9 +180,12 @@ class SandboxState:
 
     Switches (plain attributes; ``reset()`` restores them): ``pending_shape``
     (``list`` | ``object``), ``processing_mode`` (``close`` | ``silence``),
-    ``cost_polls_before_ready``, ``token_ttl_seconds``, ``rate_limit``,
-    ``rate_window_seconds``, ``latency_seconds``. ``clock`` (monotonic seconds)
-    drives token expiry and rate windows, so tests can move time.
+    ``cost_polls_before_ready``, ``token_ttl_seconds``, ``latency_seconds``, and the rate
+    limit of every (org, endpoint set) bucket (``ENDPOINT_SETS``): ``rate_limit`` (its
+    capacity, sent as ``RateLimit-Limit``), ``rate_refill`` tokens added every
+    ``rate_refill_seconds`` (``rate_window_seconds`` is the old name of the latter), and
+    ``rate_headers`` (False: no ``RateLimit-*`` headers, which Atlas may also omit).
+    ``clock`` (monotonic seconds) drives token expiry and refills, so tests can move time.
     """
 
     data: SandboxData
@@ -161,7 +195,9 @@ class SandboxState:
     cost_polls_before_ready: int = 1
     token_ttl_seconds: float = 3600.0
     rate_limit: int = 100
-    rate_window_seconds: float = 60.0
+    rate_refill: int = 100
+    rate_refill_seconds: float = 60.0
+    rate_headers: bool = True
     latency_seconds: float = 0.0
     requests: list[LoggedRequest] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
@@ -170,7 +206,7 @@ class SandboxState:
         self._lock = threading.Lock()
         self._tokens: dict[str, _Token] = {}
         self._nonces: set[str] = set()
-        self._windows: dict[str, _Window] = {}
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._cost_queries: dict[str, CostQuery] = {}
         self._token_counter = 0
 
@@ -179,7 +215,24 @@ class SandboxState:
             raise ValueError(f"pending_shape must be one of {PENDING_SHAPES}: {value!r}")
         if name == "processing_mode" and value not in PROCESSING_MODES:
             raise ValueError(f"processing_mode must be one of {PROCESSING_MODES}: {value!r}")
+        if name in ("rate_limit", "rate_refill") and not (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        ):
+            raise ValueError(f"{name} must be a whole number of tokens, at least 1: {value!r}")
+        if name == "rate_refill_seconds" and not (
+            isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+        ):
+            raise ValueError(f"rate_refill_seconds must be above 0: {value!r}")
         super().__setattr__(name, value)
+
+    @property
+    def rate_window_seconds(self) -> float:
+        """The old name of ``rate_refill_seconds`` (kept for the benches)."""
+        return self.rate_refill_seconds
+
+    @rate_window_seconds.setter
+    def rate_window_seconds(self, value: float) -> None:
+        self.rate_refill_seconds = value
 
     @property
     def credentials(self) -> Credentials:
@@ -197,13 +250,13 @@ class SandboxState:
             self.faults.clear()
 
     def reset(self) -> None:
-        """Forget requests, faults, tokens, rate windows and poll counts; restore switches."""
+        """Forget requests, faults, tokens, rate buckets and poll counts; restore switches."""
         with self._lock:
             self.requests.clear()
             self.faults.clear()
             self._tokens.clear()
             self._nonces.clear()
-            self._windows.clear()
+            self._buckets.clear()
             for query in self._cost_queries.values():
                 query.polls = 0
         for name, value in _SWITCH_DEFAULTS.items():
@@ -286,22 +339,35 @@ class SandboxState:
             self._nonces.add(nonce)
         return nonce
 
-    def _rate_remaining(self, org_id: str | None) -> int:
-        window = self._windows.get(org_id) if org_id else None
-        if window is None or self.clock() >= window.started + self.rate_window_seconds:
-            return self.rate_limit
-        return max(self.rate_limit - window.count, 0)
+    def _refilled(self, bucket: _Bucket, now: float) -> _Bucket:
+        """Add the refills due by ``now``: ``rate_refill`` per whole ``rate_refill_seconds``."""
+        ticks = math.floor((now - bucket.refilled_at) / self.rate_refill_seconds)
+        if ticks > 0:
+            bucket.tokens += ticks * self.rate_refill
+            bucket.refilled_at += ticks * self.rate_refill_seconds
+        bucket.tokens = min(bucket.tokens, self.rate_limit)
+        return bucket
 
-    def _count_request(self, org_id: str) -> int | None:
-        """Count one request; None if it fits the window, else seconds until the window resets."""
+    def _rate_remaining(self, org_id: str | None, endpoint_set: str) -> int:
+        """Tokens left in the bucket (a bucket not used yet is full)."""
+        with self._lock:
+            bucket = self._buckets.get((org_id, endpoint_set)) if org_id else None
+            if bucket is None:
+                return self.rate_limit
+            return self._refilled(bucket, self.clock()).tokens
+
+    def _take_token(self, org_id: str, endpoint_set: str) -> int | None:
+        """Take one token; None if there was one, else the whole seconds until the next refill
+        (Atlas's Retry-After: its example says 55 with a 60 s refill, the time to the refill)."""
         now = self.clock()
         with self._lock:
-            window = self._windows.get(org_id)
-            if window is None or now >= window.started + self.rate_window_seconds:
-                window = self._windows[org_id] = _Window(started=now)
-            if window.count >= self.rate_limit:
-                return max(1, math.ceil(window.started + self.rate_window_seconds - now))
-            window.count += 1
+            bucket = self._buckets.get((org_id, endpoint_set))
+            if bucket is None:
+                bucket = self._buckets[org_id, endpoint_set] = _Bucket(self.rate_limit, now)
+            self._refilled(bucket, now)
+            if bucket.tokens < 1:
+                return max(1, math.ceil(bucket.refilled_at + self.rate_refill_seconds - now))
+            bucket.tokens -= 1
         return None
 
     def _new_cost_query(self, query: CostQuery) -> str:

@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 300.0
 MAX_AGE = timedelta(hours=2)
+# The poll job's lease on the queries it claims (at least; four poll intervals if longer):
+# long enough for one poll, short enough that a replica killed mid-poll delays the query by
+# seconds, not minutes.
+LEASE_SECONDS = 30.0
+# What a tick keeps of its lease for the rest of the work on a result (Slack, the database).
+LEASE_MARGIN_SECONDS = 5.0
 # Open `costs` queries allowed at once, per person and per channel (see `_check_quota`).
 MAX_OPEN_PER_USER = 3
 MAX_OPEN_PER_CHANNEL = 10
@@ -136,11 +142,18 @@ class PollReport:
     waiting: int = 0
 
 
+def poll_wait_seconds(deps: Deps, lease: float) -> float:
+    """How long one poll may wait for the org's rate limit (the request budget, a 429's
+    ``Retry-After``, a backoff) without outliving the lease: the lease, less one poll
+    request at its longest, less a margin. A longer wait reschedules the query instead,
+    so no other replica claims it while this one sleeps."""
+    return max(0.0, lease - deps.atlas.poll_attempt_seconds - LEASE_MARGIN_SECONDS)
+
+
 async def poll_due(deps: Deps) -> PollReport:
     """The *poll* job: claim due queries and poll each once, concurrently."""
-    # Long enough for one poll (its read time-out and a retry or two), short enough that a
-    # replica killed mid-poll delays the query by seconds, not minutes.
-    lease = max(30.0, deps.settings.BOT_POLL_SECONDS * 4)
+    lease = max(LEASE_SECONDS, deps.settings.BOT_POLL_SECONDS * 4)
+    max_wait = poll_wait_seconds(deps, lease)
     rows = await deps.db.run(
         storage.costs.claim_due,
         now=deps.clock(),
@@ -148,7 +161,7 @@ async def poll_due(deps: Deps) -> PollReport:
         lease_seconds=lease,
         limit=CLAIM_LIMIT,
     )
-    outcomes = await asyncio.gather(*(_poll_one(deps, row) for row in rows))
+    outcomes = await asyncio.gather(*(_poll_one(deps, row, max_wait) for row in rows))
     return PollReport(
         claimed=len(rows),
         done=outcomes.count(QueryStatus.DONE),
@@ -167,17 +180,27 @@ def _dates(row: StoredQuery) -> tuple[date, date, str | None]:
     )
 
 
-async def _poll_one(deps: Deps, row: StoredQuery) -> QueryStatus:
+async def _poll_one(deps: Deps, row: StoredQuery, max_wait: float) -> QueryStatus:
     start, end, group_by = _dates(row)
     now = deps.clock()
+    not_before = 0.0
     try:
         atlas = await deps.credentials.client(row.org_id)
-        result = await atlas.cost_result(row.org_id, row.token)
+        result = await atlas.cost_result(row.org_id, row.token, max_wait=max_wait)
     except AtlasError as exc:
         if _permanent(exc):
             return await _give_up(deps, row, QueryStatus.FAILED, explain(exc))
-        log.warning("cost query %s: %s; polling again later", row.id, exc)
-        result = NotReady(type(exc).__name__)
+        if now - row.created_at > MAX_AGE:
+            # Not "did not finish": the last poll failed, say how (e.g. Atlas unreachable).
+            reason = f"Polling stopped after two hours: {explain(exc)}"
+            return await _give_up(deps, row, QueryStatus.EXPIRED, reason)
+        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+            # Longer than this tick may wait: the next poll comes after Retry-After instead.
+            not_before = exc.retry_after
+            log.info("cost query %s: rate limited, polling again in %.0fs", row.id, not_before)
+        else:
+            log.warning("cost query %s: %s; polling again later", row.id, exc)
+        return await _reschedule(deps, row, not_before=not_before)
     if isinstance(result, NotReady):
         if now - row.created_at > MAX_AGE:
             reason = "Atlas did not finish this query within two hours; start it again."
@@ -210,9 +233,10 @@ def _permanent(exc: AtlasError) -> bool:
     return isinstance(exc, AtlasAPIError | InvalidInput)
 
 
-async def _reschedule(deps: Deps, row: StoredQuery) -> QueryStatus:
+async def _reschedule(deps: Deps, row: StoredQuery, *, not_before: float = 0.0) -> QueryStatus:
+    """Release the query until its next poll: the backoff, or ``not_before`` seconds if later."""
     assert row.id is not None  # claimed queries come from the database
-    delay = backoff(deps.settings.BOT_POLL_SECONDS, row.attempts)
+    delay = max(backoff(deps.settings.BOT_POLL_SECONDS, row.attempts), not_before)
     await deps.db.run(
         storage.costs.reschedule,
         id=row.id,

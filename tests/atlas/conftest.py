@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import heapq
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
 
-from bot.atlas import AtlasClient, ServiceAccountAuth, api_key_auth
+from bot.atlas import AtlasClient, AtlasTransport, ServiceAccountAuth, api_key_auth
 from bot.sandbox import SandboxServer
 from tests.contract import contract_hooks, validate_request
 
@@ -32,13 +35,64 @@ def fake_time() -> FakeTime:
     return FakeTime()
 
 
+class VirtualTime:
+    """A clock and a sleep for concurrent tasks: time moves only while every task is asleep.
+
+    ``FakeTime`` adds each sleep to the clock, which is right for one task at a time; with
+    several, their sleeps would add up. Here ``sleep`` waits for the clock to reach its end,
+    and ``gather`` runs the tasks, moving the clock to the earliest wake-up whenever each
+    unfinished task is asleep (not when one is waiting for a real answer over HTTP).
+    """
+
+    def __init__(self) -> None:
+        self.now = 10_000.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._sleepers, (self.now + max(seconds, 0.0), self._seq, future))
+        await future
+
+    async def gather(self, *calls: Awaitable[Any], bound: float = 20.0) -> list[Any]:
+        tasks = [asyncio.ensure_future(call) for call in calls]
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + bound
+        asleep_before = False
+        while not all(task.done() for task in tasks):
+            assert loop.time() < give_up, "VirtualTime.gather: the tasks never finished"
+            await asyncio.sleep(0.002)  # real time: lets answers over HTTP arrive
+            self._sleepers = [s for s in self._sleepers if not s[2].done()]
+            heapq.heapify(self._sleepers)
+            busy = sum(not task.done() for task in tasks)
+            asleep = bool(self._sleepers) and len(self._sleepers) >= busy
+            # Twice in a row: a task woken otherwise (an event) takes a few turns of the loop
+            # to cancel its sleep, and must not be counted as asleep meanwhile.
+            if asleep and asleep_before:
+                self.now = max(self.now, self._sleepers[0][0])
+                while self._sleepers and self._sleepers[0][0] <= self.now:
+                    heapq.heappop(self._sleepers)[2].set_result(None)
+                asleep = False
+            asleep_before = asleep
+        return [task.result() for task in tasks]
+
+
+@pytest.fixture
+def virtual_time() -> VirtualTime:
+    return VirtualTime()
+
+
 ClientFactory = Callable[..., AtlasClient]
 
 
 @pytest.fixture
 async def make_client(sandbox: SandboxServer) -> AsyncIterator[ClientFactory]:
     """``make_client(auth="oauth"|"digest"|"no-role", **AtlasClient options)``."""
-    made: list[AtlasClient] = []
+    made: list[tuple[AtlasClient, httpx.AsyncClient]] = []
     creds = sandbox.data.credentials
 
     def factory(auth: str = "oauth", *, check_responses: bool = True, **options) -> AtlasClient:
@@ -54,17 +108,19 @@ async def make_client(sandbox: SandboxServer) -> AsyncIterator[ClientFactory]:
             base_url=sandbox.base_url,
             timeout=10,
             event_hooks=contract_hooks(requests=True, responses=check_responses),
+            transport=AtlasTransport(),  # as AtlasClient's own: it tells a 102 from a fault
         )
         options.setdefault("max_retries", 2)
         client = AtlasClient(auth=credentials, http_client=http, **options)
-        made.append(client)
-        client._test_http = http  # closed below with the client
+        made.append((client, http))  # the http client is closed below with the client
+        # For tests that change the injected client's settings (AtlasClient has no such field).
+        setattr(client, "_test_http", http)  # noqa: B010
         return client
 
     yield factory
-    for client in made:
+    for client, http in made:
         await client.aclose()
-        await client._test_http.aclose()
+        await http.aclose()
 
 
 def api_requests(sandbox: SandboxServer) -> list:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from bot.atlas import (
+    AtlasClient,
     AtlasTransportError,
     BadRequest,
     Conflict,
@@ -467,8 +468,6 @@ async def test_invalid_cost_queries_are_refused_before_sending(sandbox, make_cli
 
 
 async def test_connection_refused_is_a_transport_error(fake_time):
-    from bot.atlas import AtlasClient
-
     with socket_port() as port:
         pass  # the port is free again: nothing listens there
     client = AtlasClient(
@@ -548,3 +547,321 @@ async def test_pending_totals_skip_line_items_but_keep_the_amounts(sandbox, make
     assert totals.id == full.id
     assert totals.subtotal_cents == full.usage_cents == org.pending.subtotal_cents
     assert not hasattr(totals, "line_items")
+
+
+# ---- Atlas's token buckets, against the sandbox ---------------------------------------------
+
+
+def _limited(sandbox) -> list:
+    return [r for r in api_requests(sandbox) if r.status == 429]
+
+
+async def test_a_burst_beyond_the_capacity_waits_and_then_runs_at_the_refill_rate(
+    sandbox, make_client, org, fake_time
+):
+    """Capacity 4, refill 2 per 60 s (the sandbox's buckets follow Atlas's rate-limit page):
+    twelve reads in a row meet no 429; after the first four they go two a minute."""
+    sandbox.state.clock = fake_time.clock  # Atlas's refills and the client's waits: one clock
+    sandbox.state.set_switches(rate_limit=4, rate_refill=2, rate_refill_seconds=60)
+    client = make_client("oauth", sleep=fake_time.sleep, clock=fake_time.clock)
+    started = fake_time.now
+    done = []
+    for _ in range(12):
+        await client.pending_totals(org.id)
+        done.append(fake_time.now - started)
+    assert _limited(sandbox) == []
+    assert done[:4] == [0, 0, 0, 0]
+    assert done[4:] == [60, 60, 120, 120, 180, 180, 240, 240]  # 8 in 240 s: 2 per 60 s
+
+
+async def test_a_concurrent_burst_waits_too(sandbox, make_client, org, virtual_time):
+    """The same with all twelve at once: the first request learns the bucket, the rest
+    follow Atlas's count, and after each refill one probe finds out how many may go."""
+    sandbox.state.clock = virtual_time.clock
+    sandbox.state.set_switches(rate_limit=4, rate_refill=2, rate_refill_seconds=60)
+    client = make_client("oauth", sleep=virtual_time.sleep, clock=virtual_time.clock)
+    started = virtual_time.now
+    done = []
+
+    async def read() -> None:
+        await client.pending_totals(org.id)
+        done.append(virtual_time.now - started)
+
+    await virtual_time.gather(*(read() for _ in range(12)))
+    assert _limited(sandbox) == []
+    assert sorted(done) == [0, 0, 0, 0, 60, 60, 120, 120, 180, 180, 240, 240]
+
+
+async def test_without_rate_limit_headers_the_default_bucket_keeps_within_atlas_example(
+    sandbox, make_client, org, fake_time
+):
+    """Atlas may leave the headers out; its example bucket (10, 5 per 60 s) is the default."""
+    sandbox.state.clock = fake_time.clock
+    sandbox.state.set_switches(
+        rate_limit=10, rate_refill=5, rate_refill_seconds=60, rate_headers=False
+    )
+    client = make_client("oauth", sleep=fake_time.sleep, clock=fake_time.clock)
+    for _ in range(25):
+        await client.pending_totals(org.id)
+    assert _limited(sandbox) == []
+    assert fake_time.now - 10_000.0 == 180  # 10 at once, then 5 a minute
+
+
+async def test_invoices_and_cost_explorer_have_separate_buckets(
+    sandbox, make_client, org, fake_time
+):
+    sandbox.state.clock = fake_time.clock
+    sandbox.state.set_switches(rate_limit=2, rate_refill=1, rate_refill_seconds=60)
+    client = make_client("oauth", sleep=fake_time.sleep, clock=fake_time.clock)
+    for _ in range(2):
+        await client.pending_totals(org.id)
+    token = await _token(client, org, sandbox.data.today)  # not held back by the invoices
+    assert len(token) == 64 and fake_time.slept == []
+
+
+async def test_a_429_caused_by_another_process_teaches_the_refill(
+    sandbox, make_client, org, fake_time
+):
+    """Another replica empties the bucket: the client meets one 429, learns the bucket from
+    its body, waits Retry-After, and from then on sends the refill's worth without 429s."""
+    sandbox.state.clock = fake_time.clock
+    sandbox.state.set_switches(rate_limit=4, rate_refill=2, rate_refill_seconds=60)
+    client = make_client("oauth", sleep=fake_time.sleep, clock=fake_time.clock)
+    other = make_client("oauth", sleep=fake_time.sleep, clock=fake_time.clock)
+    await client.pending_totals(org.id)  # remaining 3
+    for _ in range(3):
+        await other.pending_totals(org.id)  # the other replica takes the rest
+    fake_time.now += 10
+    await client.pending_totals(org.id)  # 429, Retry-After 50, then the retry
+    assert len(_limited(sandbox)) == 1
+    assert fake_time.slept == [50]
+    await client.pending_totals(org.id)  # the second token of that refill, no probe needed
+    assert len(_limited(sandbox)) == 1 and fake_time.slept == [50]
+
+
+async def test_max_wait_raises_rate_limited_instead_of_waiting_for_the_budget(
+    sandbox, make_client, org, fake_time
+):
+    sandbox.state.clock = fake_time.clock
+    sandbox.state.set_switches(rate_limit=1, rate_refill=1, rate_refill_seconds=60)
+    client = make_client("oauth", sleep=fake_time.sleep, clock=fake_time.clock)
+    token = await _token(client, org, sandbox.data.today)
+    sent = len(api_requests(sandbox))
+    with pytest.raises(RateLimited) as err:
+        await client.cost_result(org.id, token, max_wait=5)
+    assert err.value.status == 429 and err.value.retry_after == 60
+    assert "nothing was sent" in (err.value.detail or "")
+    assert len(api_requests(sandbox)) == sent and fake_time.slept == []
+
+
+async def test_max_wait_raises_rate_limited_instead_of_sleeping_out_a_long_retry_after(
+    sandbox, make_client, org, fake_time
+):
+    client = make_client("oauth", sleep=fake_time.sleep, clock=fake_time.clock)
+    token = await _token(client, org, sandbox.data.today)
+    sandbox.state.add_fault(
+        Fault(kind="status", status=429, retry_after=55, operation=Operation.GET_COST_RESULT)
+    )
+    with pytest.raises(RateLimited) as err:
+        await client.cost_result(org.id, token, max_wait=5)
+    assert err.value.retry_after == 55
+    assert fake_time.slept == []
+    fake_time.now += 55  # the job polls again after Retry-After
+    sandbox.state.add_fault(
+        Fault(kind="status", status=429, retry_after=3, operation=Operation.GET_COST_RESULT)
+    )
+    assert await client.cost_result(org.id, token, max_wait=5)  # a wait that fits is waited
+    assert fake_time.slept == [3]
+
+
+# ---- the poll's transport faults, on raw sockets ----------------------------------------------
+
+ORG = "a" * 24
+TOKEN = "b" * 64
+READY = b'{"usageDetails": []}'
+OK_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.atlas.2023-01-01+json\r\n"
+    b"Content-Length: %d\r\n\r\n" % len(READY)
+)
+
+
+class RawAtlas:
+    """A loopback server answering each connection's request as ``answers`` says, in turn:
+    ``close`` (no byte, FIN), ``reset`` (RST), ``garbage`` (no status line), ``102 close``,
+    ``102 silence``, ``slow`` (the answer after ``delay`` s) or ``ok``."""
+
+    def __init__(self, *answers: str, delay: float = 1.0) -> None:
+        self.answers = list(answers)
+        self.delay = delay
+        self.seen = 0
+        self.url = ""
+        self._release = asyncio.Event()
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> RawAtlas:
+        self._server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._release.set()
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import socket
+        import struct
+
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            writer.close()
+            return
+        answer = self.answers[min(self.seen, len(self.answers) - 1)]
+        self.seen += 1
+        if answer == "reset":
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return
+        if answer == "garbage":
+            writer.write(b"HTTQ/1.1 200 OK\r\n\r\n")
+        elif answer.startswith("102"):
+            writer.write(RAW_102)
+        elif answer == "slow":
+            await asyncio.sleep(self.delay)
+            writer.write(OK_HEAD + READY)
+        elif answer == "ok":
+            writer.write(OK_HEAD + READY)
+        await writer.drain()
+        if answer == "102 silence":
+            await self._release.wait()
+        writer.close()
+
+
+def _raw_client(url: str, fake_time, **options) -> AtlasClient:
+    options.setdefault("max_retries", 2)
+    return AtlasClient(
+        base_url=url,
+        poll_timeout=0.3,
+        sleep=fake_time.sleep,
+        clock=fake_time.clock,
+        **options,
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "cause"),
+    [
+        ("close", "RemoteProtocolError"),
+        ("garbage", "RemoteProtocolError"),
+        ("reset", "ReadError"),
+    ],
+)
+async def test_a_poll_transport_fault_is_retried_not_not_ready(fake_time, answer, cause):
+    """Closed before any byte and a malformed status line used to read as "not ready" (the
+    same httpx error as 102 then close), so a query could only expire after two hours."""
+    async with RawAtlas(answer, "ok") as atlas:
+        client = _raw_client(atlas.url, fake_time)
+        try:
+            result = await asyncio.wait_for(client.cost_result(ORG, TOKEN), 5)
+            assert isinstance(result, CostResult) and atlas.seen == 2
+        finally:
+            await client.aclose()
+    async with RawAtlas(answer) as atlas:
+        client = _raw_client(atlas.url, fake_time)
+        try:
+            with pytest.raises(AtlasTransportError, match=f"after 3 attempt\\(s\\): {cause}"):
+                await asyncio.wait_for(client.cost_result(ORG, TOKEN), 5)
+            assert atlas.seen == 3
+        finally:
+            await client.aclose()
+
+
+async def test_a_poll_to_a_closed_port_is_a_transport_error(fake_time):
+    with socket_port() as port:
+        pass
+    client = _raw_client(f"http://127.0.0.1:{port}", fake_time, max_retries=1)
+    try:
+        with pytest.raises(AtlasTransportError, match="ConnectError"):
+            await client.cost_result(ORG, TOKEN)
+    finally:
+        await client.aclose()
+
+
+async def test_a_slow_first_byte_still_arrives(fake_time):
+    """The answer comes after 1 s, longer than ``poll_timeout``: it is the result, not a 102
+    followed by silence (which the poll used to assume of any silence past ``poll_timeout``)."""
+    async with RawAtlas("slow", delay=1.0) as atlas:
+        client = _raw_client(atlas.url, fake_time)
+        try:
+            result = await asyncio.wait_for(client.cost_result(ORG, TOKEN), 5)
+        finally:
+            await client.aclose()
+    assert isinstance(result, CostResult) and atlas.seen == 1
+
+
+async def test_a_first_byte_slower_than_poll_read_timeout_is_a_transport_error(fake_time):
+    async with RawAtlas("slow", delay=2.0) as atlas:
+        client = _raw_client(atlas.url, fake_time, poll_read_timeout=0.5, max_retries=0)
+        try:
+            with pytest.raises(AtlasTransportError, match="ReadTimeout"):
+                await asyncio.wait_for(client.cost_result(ORG, TOKEN), 5)
+        finally:
+            await client.aclose()
+
+
+@pytest.mark.parametrize("mode", ["close", "silence"])
+async def test_102_then_close_or_silence_is_not_ready_within_poll_timeout(fake_time, mode):
+    """Only after a 102 head is a close or silence "not ready", and after the head silence
+    is waited out for ``poll_timeout`` (0.3 s), not the long ``poll_read_timeout``."""
+    async with RawAtlas(f"102 {mode}") as atlas:
+        client = _raw_client(atlas.url, fake_time, poll_read_timeout=5.0)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            result = await asyncio.wait_for(client.cost_result(ORG, TOKEN), 5)
+            elapsed = loop.time() - started
+        finally:
+            await client.aclose()
+    assert isinstance(result, NotReady) and atlas.seen == 1
+    assert elapsed < 2.0
+
+
+async def test_an_injected_client_without_atlas_transport_keeps_the_old_reading(fake_time):
+    """Nothing watches its bytes, so a close after a 102 and one without cannot be told
+    apart: both stay "not ready" (documented in docs/ATLAS-FAULTS.md)."""
+    for answer in ("102 close", "close"):
+        async with RawAtlas(answer) as atlas, httpx.AsyncClient(base_url=atlas.url) as http:
+            client = AtlasClient(http_client=http, poll_timeout=0.3)
+            assert isinstance(await client.cost_result(ORG, TOKEN), NotReady)
+            assert client.poll_attempt_seconds == 0.6
+
+
+@pytest.mark.parametrize("mode", sorted(TRANSPORT_102))
+async def test_atlas_transport_sees_the_102_head(mode):
+    """What cost_result relies on: the transport's watch notices the interim head."""
+    from bot.atlas import AtlasTransport
+    from bot.atlas._transport import Watch, watching
+
+    async with RawAtlas(f"102 {mode}") as atlas:
+        watch = Watch(after_1xx_timeout=0.3)
+        async with httpx.AsyncClient(transport=AtlasTransport(), timeout=5) as http:
+            with watching(watch), pytest.raises(TRANSPORT_102[mode]):
+                await http.get(f"{atlas.url}/usage")
+    assert watch.observed and watch.interim == 102
+
+
+async def test_a_cancelled_request_leaves_nothing_in_flight(fake_time):
+    """A request cancelled mid-flight (a job stopping) must not stay counted as in flight:
+    the budget takes requests in flight off what Atlas says is left, for good if it leaked."""
+    async with RawAtlas("slow", delay=2.0) as atlas:
+        client = _raw_client(atlas.url, fake_time)
+        try:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.cost_result(ORG, TOKEN), 0.3)
+            buckets = client._budget._buckets
+            assert buckets and all(not bucket.in_flight for bucket in buckets.values())
+        finally:
+            await client.aclose()

@@ -22,13 +22,14 @@ import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from bot.atlas import (
+    AtlasAPIError,
     AtlasClient,
     AtlasTransportError,
     CostQuery,
@@ -71,6 +72,8 @@ FAULTS = (
     "503 + Retry-After",
     "429 + Retry-After",
     "connection reset",
+    "closed before any byte",
+    "malformed status line",
     "read time-out",
     "malformed JSON",
     "malformed CSV",
@@ -156,7 +159,9 @@ ROWS: dict[str, dict[Operation, Cell]] = {
     "503 + Retry-After": _every(_retried(ServerError, 503, "SERVICE_UNAVAILABLE")),
     "429 + Retry-After": _every(_retried(RateLimited, 429, "RATE_LIMITED")),
     "connection reset": _every(TRANSPORT),
-    "read time-out": _every(TRANSPORT, GET_COST_RESULT=NOT_READY),
+    "closed before any byte": _every(TRANSPORT),
+    "malformed status line": _every(TRANSPORT),
+    "read time-out": _every(TRANSPORT),
     "malformed JSON": _every(
         BAD_JSON, CREATE_COST_QUERY=BAD_JSON_202, GET_INVOICE_CSV=_na(BAD_CSV)
     ),
@@ -250,9 +255,16 @@ JSON_INSTEAD_OF_CSV = b'{"links":[{"rel":"self","href":"https://cloud.mongodb.co
 CSV_INSTEAD_OF_JSON = b'Invoice Number,abc,\n\nDate,Usage Date,Description\n"unterminated,05/'
 
 
+class _FaultTarget(TypedDict):
+    """The ``Fault`` fields every cell's fault shares: which operation, how many times."""
+
+    operation: str | None
+    times: int | None
+
+
 def _install(state, fault: str, op: Operation, times: int | None) -> Fault | None:
     """Set the sandbox's fault switches for one cell; the Fault (its ``hits``) or None."""
-    common = {"operation": op.value, "times": times}
+    common: _FaultTarget = {"operation": op.value, "times": times}
     statuses = {"500": 500, "502": 502, "401": 401, "403": 403, "404": 404}
     if fault in statuses:
         made = Fault(kind="status", status=statuses[fault], **common)
@@ -260,6 +272,10 @@ def _install(state, fault: str, op: Operation, times: int | None) -> Fault | Non
         made = Fault(kind="status", status=int(fault[:3]), retry_after=RETRY_AFTER, **common)
     elif fault == "connection reset":
         made = Fault(kind="reset", **common)
+    elif fault == "closed before any byte":
+        made = Fault(kind="close", **common)
+    elif fault == "malformed status line":
+        made = Fault(kind="garbage", **common)
     elif fault == "read time-out":
         made = Fault(kind="latency", seconds=LATENCY, **common)
     elif fault == "malformed JSON":
@@ -284,6 +300,7 @@ def _install(state, fault: str, op: Operation, times: int | None) -> Fault | Non
 def _assert_error(exc: BaseException, cell: Cell) -> None:
     assert type(exc) is cell.error, f"{type(exc).__name__}: {exc}"
     if cell.status is not None:
+        assert isinstance(exc, AtlasAPIError)  # every error with a status is one
         assert exc.status == cell.status
         assert exc.error_code == cell.code
 
@@ -373,11 +390,17 @@ async def _persistent(sandbox, client, fault, op, ctx, cell: Cell, attempts) -> 
     _assert_error(err.value, cell)
     assert attempts() == cell.attempts
     if cell.error is AtlasTransportError:
-        cause = {"connection reset": "ReadError", "read time-out": "ReadTimeout"}[fault]
+        cause = {
+            "connection reset": "ReadError",
+            "closed before any byte": "RemoteProtocolError: Server disconnected",
+            "malformed status line": "RemoteProtocolError: illegal status line",
+            "read time-out": "ReadTimeout",
+        }[fault]
         assert f"after {cell.attempts} attempt(s): {cause}" in str(err.value)
         if fault == "read time-out":
             assert time.monotonic() - started < cell.attempts * TIMEOUT + 1.0
     if cell.error in (ServerError, RateLimited) and fault.endswith("Retry-After"):
+        assert isinstance(err.value, (ServerError, RateLimited))  # checked by _assert_error
         assert err.value.retry_after == RETRY_AFTER
 
 

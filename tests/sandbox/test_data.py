@@ -12,13 +12,14 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import pytest
 
 from bot.atlas import SERVICES
+from bot.core.months import add_months
 from bot.sandbox.data import (
     CLOSED_MONTHS,
     COST_CSV_COLUMNS,
     HUGE_LINE_ITEMS,
     INVOICE_CSV_COLUMNS,
+    Org,
     SandboxData,
-    add_months,
     cost_csv,
     cost_rows,
 )
@@ -30,6 +31,13 @@ HEX24 = re.compile(r"[a-f0-9]{24}")
 @pytest.fixture(scope="module")
 def data() -> SandboxData:
     return SandboxData(seed=1, today=TODAY)
+
+
+def known_org(data: SandboxData, org_id: str) -> Org:
+    """`data.org(org_id)` for an id the dataset holds."""
+    org = data.org(org_id)
+    assert org is not None
+    return org
 
 
 def small_orgs(data: SandboxData):
@@ -48,7 +56,7 @@ def cents(text: str) -> int:
 
 
 def fingerprint(data: SandboxData) -> list[tuple[str, ...]]:
-    out = []
+    out: list[tuple[str, ...]] = []
     for org in small_orgs(data):
         for invoice in org.invoices:
             out.append((org.id, invoice.id, str(invoice.subtotal_cents), invoice.payment_id(0)))
@@ -62,8 +70,8 @@ def test_same_seed_gives_same_ids_and_amounts(data: SandboxData) -> None:
     assert again.org_ids == data.org_ids
     assert again.credentials == data.credentials
     assert fingerprint(again) == fingerprint(data)
-    assert csv_table(again.org(again.org_ids[0]).closed[2].csv_text()) == csv_table(
-        data.org(data.org_ids[0]).closed[2].csv_text()
+    assert csv_table(known_org(again, again.org_ids[0]).closed[2].csv_text()) == csv_table(
+        known_org(data, data.org_ids[0]).closed[2].csv_text()
     )
 
 
@@ -79,7 +87,7 @@ def test_another_seed_gives_other_ids_and_amounts(data: SandboxData) -> None:
 def test_orgs_names_and_ids(data: SandboxData) -> None:
     names = [data.org_name(org_id) for org_id in data.org_ids]
     assert names == ["Acme Production", "Acme Staging", "Globex", "Initech Huge"]
-    assert data.org(data.huge_org_id).huge
+    assert known_org(data, data.huge_org_id).huge
     assert data.org("0" * 24) is None
     for org in small_orgs(data):
         assert HEX24.fullmatch(org.id)
@@ -127,7 +135,7 @@ def test_pending_items_stop_yesterday(data: SandboxData) -> None:
         assert min(days) == date(2025, 3, 1)
         assert org.pending.payments() == []
     first = SandboxData(seed=1, today=date(2025, 3, 1))
-    assert list(first.org(first.org_ids[0]).pending.line_items()) == []
+    assert list(known_org(first, first.org_ids[0]).pending.line_items()) == []
 
 
 def test_invoice_amounts_add_up(data: SandboxData) -> None:
@@ -184,6 +192,7 @@ def test_amounts_change_from_month_to_month(data: SandboxData) -> None:
 
 def test_line_items_carry_the_schema_fields(data: SandboxData) -> None:
     org = data.org(data.org_ids[0])
+    assert org is not None
     item = next(org.closed[0].line_items()).to_json()
     assert item["sku"].startswith("ATLAS_AWS_INSTANCE_M")
     assert HEX24.fullmatch(item["groupId"])
@@ -216,7 +225,7 @@ def test_invoice_csv_format_and_sum(data: SandboxData) -> None:
             for row in rows:
                 assert re.fullmatch(r"-?\d+\.\d\d", row["Amount"])
                 assert re.fullmatch(r"\d\d/\d\d/\d{4}", row["Usage Date"])
-    billing_period = csv_table(data.org(data.org_ids[0]).closed[0].csv_text())[0][1][1]
+    billing_period = csv_table(known_org(data, data.org_ids[0]).closed[0].csv_text())[0][1][1]
     assert billing_period == "February 1, 2025 - March 1, 2025"
 
 
@@ -242,6 +251,7 @@ def test_cost_rows_match_the_invoices(data: SandboxData) -> None:
 
 def test_cost_rows_filters(data: SandboxData) -> None:
     org = data.org(data.org_ids[1])
+    assert org is not None
     start, end = add_months(TODAY, -3), add_months(TODAY, -1)
     project = org.projects[0]
     rows = cost_rows(org, start, end, group_by="projects", projects=[project.id])
@@ -258,6 +268,7 @@ def test_cost_rows_filters(data: SandboxData) -> None:
 
 def test_cost_csv_has_the_documented_columns(data: SandboxData) -> None:
     org = data.org(data.org_ids[0])
+    assert org is not None
     rows = cost_rows(org, add_months(TODAY, -2), TODAY, group_by="clusters")
     table = list(csv.reader(io.StringIO(cost_csv(rows))))
     assert tuple(table[0]) == COST_CSV_COLUMNS
@@ -267,6 +278,7 @@ def test_cost_csv_has_the_documented_columns(data: SandboxData) -> None:
 
 def test_huge_org_latest_closed_invoice_has_200000_items(data: SandboxData) -> None:
     huge = data.org(data.huge_org_id)
+    assert huge is not None
     invoice = huge.latest_closed
     assert invoice.item_count == HUGE_LINE_ITEMS
     assert sum(1 for _ in invoice.line_items()) == HUGE_LINE_ITEMS
@@ -279,6 +291,7 @@ def test_extra_orgs_are_cheap_and_lazy() -> None:
     assert len(many.org_ids) == 504
     assert len(set(many.org_ids)) == 504
     last = many.org(many.org_ids[-1])
+    assert last is not None
     assert last.name == "Extra Org 500"
     assert many.org(many.org_ids[-1]) is last
     assert last.pending.status_name == "PENDING"

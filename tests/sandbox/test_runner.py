@@ -45,6 +45,7 @@ def test_same_seed_serves_the_same_ids_and_amounts() -> None:
         with SandboxServer(seed=5, today=today) as server:
             info = httpx.get(server.base_url + "/_sandbox/info").json()
             org = server.data.org(info["orgs"][0]["id"])
+            assert org is not None
             seen.append((info["orgs"], info["credentials"], org.closed[0].subtotal_cents))
     assert seen[0] == seen[1]
 

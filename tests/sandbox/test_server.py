@@ -272,7 +272,9 @@ async def test_digest_response_is_really_verified(sandbox: SandboxServer) -> Non
     path = f"{API}/orgs/{org_ids(sandbox)[0]}/invoices"
     async with client(sandbox) as http:
         challenge = (await http.get(path)).headers["WWW-Authenticate"]
-        nonce = re.search(r'nonce="([^"]+)"', challenge).group(1)
+        found = re.search(r'nonce="([^"]+)"', challenge)
+        assert found is not None
+        nonce = found.group(1)
         good = digest_header(sandbox, nonce, "GET", path)
         assert (await http.get(path, headers={"Authorization": good})).status_code == 200
         for bad in (
@@ -395,6 +397,7 @@ async def test_key_without_billing_viewer_gets_403_everywhere(sandbox: SandboxSe
     async with client(sandbox, auth) as http:
         for org_id in org_ids(sandbox):
             org = sandbox.data.org(org_id)
+            assert org is not None
             for response in (
                 await http.get(f"{API}/orgs/{org_id}/invoices"),
                 await http.get(f"{API}/orgs/{org_id}/invoices/pending"),
@@ -601,6 +604,7 @@ async def test_invoice_csv_amounts_add_up_to_the_subtotal(
 
 async def test_huge_invoice_csv_streams_200000_rows(sandbox: SandboxServer) -> None:
     huge = sandbox.data.org(sandbox.data.huge_org_id)
+    assert huge is not None
     invoice = huge.latest_closed
     path = f"{API}/orgs/{huge.id}/invoices/{invoice.id}/csv"
     async with (
@@ -625,6 +629,7 @@ async def test_huge_invoice_csv_streams_200000_rows(sandbox: SandboxServer) -> N
 
 async def test_huge_invoice_json_streams_too(sandbox: SandboxServer) -> None:
     huge = sandbox.data.org(sandbox.data.huge_org_id)
+    assert huge is not None
     invoice = huge.latest_closed
     path = f"{API}/orgs/{huge.id}/invoices/{invoice.id}"
     async with (
@@ -721,7 +726,7 @@ async def test_cost_totals_equal_invoice_subtotals(
     invoices = (await api.get(f"{API}/orgs/{org.id}/invoices")).json()["results"]
     subtotals = {i["startDate"][:10]: i["subtotalCents"] for i in invoices if i["subtotalCents"]}
     for group_by in (None, "services", "projects", "clusters", "organizations"):
-        body = cost_body(sandbox, **({"groupBy": group_by} if group_by else {}))
+        body = cost_body(sandbox, groupBy=group_by) if group_by else cost_body(sandbox)
         token = await start_cost_query(api, org.id, body)
         response = await cost_result(api, org.id, token)
         rows = json.loads(response.content, parse_float=Decimal)["usageDetails"]
@@ -873,9 +878,10 @@ def raw_exchange(base_url: str, request: bytes, *, timeout: float) -> bytes:
 async def test_102_on_the_wire_is_a_bare_head(sandbox: SandboxServer, mode: str) -> None:
     sandbox.state.processing_mode = mode
     org_id = org_ids(sandbox)[0]
-    async with client(sandbox, Bearer(await fetch_token(sandbox))) as http:
+    bearer = Bearer(await fetch_token(sandbox))
+    async with client(sandbox, bearer) as http:
         token = await start_cost_query(http, org_id, cost_body(sandbox))
-        authorization = f"Bearer {http.auth.token}"
+        authorization = f"Bearer {bearer.token}"
     request = (
         f"GET {API}/orgs/{org_id}/billing/costExplorer/usage/{token} HTTP/1.1\r\n"
         f"Host: x\r\nAccept: {JSON}\r\nAuthorization: {authorization}\r\n\r\n"
@@ -897,11 +903,15 @@ async def test_processing_mode_is_checked(sandbox: SandboxServer) -> None:
 # --- rate limit ----------------------------------------------------------------------
 
 
-async def test_rate_limit_window(sandbox: SandboxServer, api: httpx.AsyncClient) -> None:
+async def test_rate_limit_is_a_token_bucket_per_org_and_endpoint_set(
+    sandbox: SandboxServer, api: httpx.AsyncClient
+) -> None:
+    """Atlas's token buckets (https://www.mongodb.com/docs/atlas/api/api-rate-limit/): a
+    capacity, one token per request, ``refillRate`` tokens added every
+    ``refillDurationSeconds``, 429 + Retry-After (the seconds to the next refill) when empty."""
     now = [500.0]
     sandbox.state.clock = lambda: now[0]
-    sandbox.state.rate_limit = 3
-    sandbox.state.rate_window_seconds = 10
+    sandbox.state.set_switches(rate_limit=3, rate_refill=2, rate_refill_seconds=10)
     acme, staging = org_ids(sandbox)[:2]
     remaining = []
     for _ in range(3):
@@ -911,18 +921,55 @@ async def test_rate_limit_window(sandbox: SandboxServer, api: httpx.AsyncClient)
         remaining.append(response.headers["RateLimit-Remaining"])
     assert remaining == ["2", "1", "0"]
     now[0] += 2.5
-    limited = await api.get(f"{API}/orgs/{acme}/invoices")
-    assert_error(limited, 429, "RATE_LIMITED")
-    assert limited.headers["Retry-After"] == "8"  # 7.5 s left, rounded up
+    limited = await api.get(f"{API}/orgs/{acme}/invoices")  # the same endpoint set
+    body = assert_error(limited, 429, "RATE_LIMITED_TOKEN_BUCKET")
+    assert limited.headers["Retry-After"] == "8"  # 7.5 s to the refill, rounded up
     assert limited.headers["RateLimit-Remaining"] == "0"
-    # Another org has its own window.
+    invoices = "api/atlas/v2/orgs/{orgId}/invoices"
+    assert body["parameters"] == [invoices, 8, 3, 2, 10]
+    assert body["detail"] == (
+        f"Rate limit exceeded for {invoices}. Please retry after 8 seconds. "
+        "Request capacity: 3. Refill rate: 2 per 10 seconds."
+    )
+    # Cost Explorer is another endpoint set, another org another scope: their own buckets.
+    token = await start_cost_query(api, acme, cost_body(sandbox))
+    assert len(token) == 64
     assert (await api.get(f"{API}/orgs/{staging}/invoices")).status_code == 200
     now[0] += 7.4
     assert (await api.get(f"{API}/orgs/{acme}/invoices")).headers["Retry-After"] == "1"
-    now[0] += 0.1
-    fresh = await api.get(f"{API}/orgs/{acme}/invoices")
-    assert fresh.status_code == 200
-    assert fresh.headers["RateLimit-Remaining"] == "2"
+    now[0] += 0.1  # the refill: 2 tokens, not a whole new bucket of 3
+    refilled = [await api.get(f"{API}/orgs/{acme}/invoices") for _ in range(3)]
+    assert [r.status_code for r in refilled] == [200, 200, 429]
+    assert [r.headers["RateLimit-Remaining"] for r in refilled] == ["1", "0", "0"]
+    assert refilled[2].headers["Retry-After"] == "10"
+    now[0] += 35  # three refills of 2, but never more than the capacity
+    full = await api.get(f"{API}/orgs/{acme}/invoices")
+    assert full.status_code == 200 and full.headers["RateLimit-Remaining"] == "2"
+    statuses = [r.status for r in sandbox.state.requests_for(org_id=acme) if r.status != 401]
+    assert statuses.count(429) == 3  # a 429 takes no token: it is not counted
+
+
+async def test_rate_limit_headers_can_be_missing(
+    sandbox: SandboxServer, api: httpx.AsyncClient
+) -> None:
+    """ "Atlas may not always return response headers" (the rate-limit page): a switch."""
+    sandbox.state.set_switches(rate_limit=1, rate_headers=False)
+    org_id = org_ids(sandbox)[0]
+    answered = await api.get(f"{API}/orgs/{org_id}/invoices")
+    assert answered.status_code == 200
+    assert "RateLimit-Limit" not in answered.headers
+    limited = await api.get(f"{API}/orgs/{org_id}/invoices")
+    assert_error(limited, 429, "RATE_LIMITED_TOKEN_BUCKET")
+    assert "RateLimit-Remaining" not in limited.headers
+    assert int(limited.headers["Retry-After"]) > 0  # the one header a 429 always has
+
+
+def test_rate_switches_are_checked(sandbox: SandboxServer) -> None:
+    for name, bad in [("rate_limit", 0), ("rate_refill", 1.5), ("rate_refill_seconds", 0)]:
+        with pytest.raises(ValueError):
+            sandbox.state.set_switches(**{name: bad})
+    sandbox.state.rate_window_seconds = 30  # the old name of rate_refill_seconds
+    assert sandbox.state.rate_refill_seconds == 30
 
 
 async def test_unauthenticated_requests_are_not_counted(sandbox: SandboxServer) -> None:
@@ -1008,6 +1055,34 @@ async def test_reset_fault_drops_the_connection(
         await api.get(f"{API}/orgs/{org_id}/invoices/{invoice_id}")
     assert sandbox.state.requests[-1].status is None
     assert (await api.get(f"{API}/orgs/{org_id}/invoices/{invoice_id}")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [("close", "without sending a response"), ("garbage", "illegal status line")],
+)
+async def test_close_and_garbage_faults_send_no_http_answer(
+    sandbox: SandboxServer, api: httpx.AsyncClient, kind: str, message: str
+) -> None:
+    org_id = org_ids(sandbox)[0]
+    sandbox.state.add_fault(Fault(kind, operation="listInvoices"))
+    with pytest.raises(httpx.RemoteProtocolError, match=message):
+        await api.get(f"{API}/orgs/{org_id}/invoices")
+    assert sandbox.state.requests[-1].status is None
+    assert (await api.get(f"{API}/orgs/{org_id}/invoices")).status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["close", "garbage"])
+async def test_close_and_garbage_are_what_a_client_reads(sandbox: SandboxServer, kind: str) -> None:
+    """On the wire: nothing at all, or one line that is no status line, then the close."""
+    org_id = org_ids(sandbox)[0]
+    sandbox.state.add_fault(Fault(kind, operation="listInvoices"))
+    request = (
+        f"GET {API}/orgs/{org_id}/invoices HTTP/1.1\r\nHost: x\r\nAccept: {JSON}\r\n"
+        f"Authorization: Bearer {await fetch_token(sandbox)}\r\n\r\n"
+    ).encode()
+    received = await asyncio.to_thread(raw_exchange, sandbox.base_url, request, timeout=5)
+    assert received == (b"" if kind == "close" else b"HTTQ/1.1 200 OK\r\n\r\n")
 
 
 async def test_malformed_fault(sandbox: SandboxServer) -> None:
@@ -1156,7 +1231,9 @@ async def test_reset_restores_defaults(sandbox: SandboxServer) -> None:
         "cost_polls_before_ready": 1,
         "token_ttl_seconds": 3600.0,
         "rate_limit": 100,
-        "rate_window_seconds": 60.0,
+        "rate_refill": 100,
+        "rate_refill_seconds": 60.0,
+        "rate_headers": True,
         "latency_seconds": 0.0,
     }
     assert state.faults == [] and state.requests == []
