@@ -9,6 +9,7 @@ secret is never echoed, logged or put in an audit entry, not even its length.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from handlers.grammar import Connect
 from handlers.invocation import Invocation
 
 log = logging.getLogger(__name__)
+
+ADMIN_CHECK_SECONDS = 2.0
 
 
 # ---- the command: open the modal ---------------------------------------------------------------
@@ -194,8 +197,11 @@ def register(app: AsyncApp, deps: Deps) -> None:
             await refuse(ack, {Field.PUBLIC_ID: render.OUT_OF_DATE})
             return
         try:
-            check = await admin_check(deps, user_id, team_id)
-        except SlackApiError as exc:
+            # The one Slack call before the answer: bounded, so the answer still comes within
+            # Slack's 3 seconds for a submission (a late one shows the person an error).
+            async with asyncio.timeout(ADMIN_CHECK_SECONDS):
+                check = await admin_check(deps, user_id, team_id)
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
             await refuse(ack, {Field.PUBLIC_ID: explain(exc)})
             return
         if check != "admin":

@@ -422,3 +422,16 @@ async def test_a_submission_by_an_admin_of_another_organisation_is_refused(bot, 
     assert "another organization" in answer["errors"]["public_id"]
     assert bot.atlas_requests() == []
     assert stored(bot, org_id) is None
+
+
+async def test_a_slow_admin_check_at_submission_is_a_try_again_not_a_late_answer(
+    bot, org_id, creds
+):
+    """Slack shows an error when a submission is not answered within 3 s: a users.info that
+    hangs is cut short and the form says to try again, with nothing stored."""
+    view = await open_modal(bot, org_id)
+    bot.fake.delay("users.info", 4, times=1)
+    answer = await submit(bot, view, "api_key", creds.public_key, creds.private_key)
+    assert answer["response_action"] == "errors"
+    assert "Slack did not answer" in answer["errors"]["public_id"]
+    assert bot.atlas_requests() == [] and stored(bot, org_id) is None
